@@ -1,1 +1,62 @@
-"""seqlab.models"""
+"""The model registry: one line per architecture.
+
+Each entry names the config dataclass, the model class, its presets (always a CPU-sized
+"tiny") and the task it is trained on. `build_model("gpt", "baby", vocab_size=65)`.
+"""
+
+from dataclasses import dataclass, field
+
+from seqlab.config import coerce, from_dict, to_dict, unknown_key_error
+from seqlab.errors import ConfigError
+from seqlab.models import gpt
+from seqlab.models.output import ModelOutput
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    config: type
+    model: type
+    presets: dict = field(default_factory=dict)
+    task: str = "lm"
+    description: str = ""
+
+
+MODELS: dict[str, ModelEntry] = {
+    "gpt": ModelEntry(gpt.GPTConfig, gpt.GPT, gpt.PRESETS, "lm", "baseline pre-norm transformer (RoPE, SDPA, KV cache)"),
+}
+
+
+def model_entry(name: str) -> ModelEntry:
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def build_config(name: str, preset: str | None = "tiny", **overrides):
+    """The config of model `name`: its dataclass defaults, then the preset, then overrides."""
+    entry = model_entry(name)
+    values = {}
+    if preset is not None:
+        if preset not in entry.presets:
+            raise ConfigError(
+                f"unknown preset {preset!r} for model {name!r}; choose one of: {', '.join(entry.presets)}"
+            )
+        values.update(entry.presets[preset])
+    values.update(overrides)
+    return from_dict(entry.config, values, where=f"model {name!r}")
+
+
+def build_model(name: str, preset: str | None = "tiny", **overrides):
+    cfg = build_config(name, preset, **overrides)
+    return model_entry(name).model(cfg)
+
+
+def count_parameters(model) -> int:
+    """Unique trainable parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
+
+
+__all__ = [
+    "MODELS", "ModelEntry", "ModelOutput", "build_config", "build_model", "count_parameters",
+    "model_entry", "coerce", "to_dict", "unknown_key_error",
+]
