@@ -84,9 +84,7 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
             return value
     elif isinstance(annotation, type) and isinstance(value, annotation):
         return value
-    raise ConfigError(
-        f"{key}: expected {_type_name(annotation)}, got {value!r} ({type(value).__name__})"
-    )
+    raise ConfigError(f"{key}: expected {_type_name(annotation)}, got {value!r} ({type(value).__name__})")
 
 
 def _type_name(annotation: Any) -> str:
@@ -157,7 +155,9 @@ def load_file(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"config file {str(path)!r} is not valid {path.suffix.lstrip('.') or 'YAML'}: {e}") from None
+        raise ConfigError(
+            f"config file {str(path)!r} is not valid {path.suffix.lstrip('.') or 'YAML'}: {e}"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -1,1 +1,38 @@
-"""seqlab.data"""
+"""seqlab.data: corpora and tokenizers.
+
+Depends on nothing else in seqlab but `seqlab.errors`. Typical use:
+
+    text = load_corpus()                     # embedded Shakespeare, or a path, or "hf:..."
+    tokenizer = build_tokenizer("char", text)
+    train_ids, val_ids = split_ids(encode_corpus(text, tokenizer), val_fraction=0.1)
+"""
+
+from seqlab.data.corpus import default_corpus, load_corpus, play_to_text
+from seqlab.data.splits import check_length, encode_corpus, split_ids
+from seqlab.data.tokenizer import (
+    TOKENIZER_KINDS,
+    BPETokenizer,
+    ByteTokenizer,
+    CharTokenizer,
+    Tokenizer,
+    build_tokenizer,
+    load_tokenizer,
+    tokenizer_from_dict,
+)
+
+__all__ = [
+    "TOKENIZER_KINDS",
+    "BPETokenizer",
+    "ByteTokenizer",
+    "CharTokenizer",
+    "Tokenizer",
+    "build_tokenizer",
+    "check_length",
+    "default_corpus",
+    "encode_corpus",
+    "load_corpus",
+    "load_tokenizer",
+    "play_to_text",
+    "split_ids",
+    "tokenizer_from_dict",
+]

@@ -72,7 +72,9 @@ class CausalSelfAttention(nn.Module):
         elif self.window is not None or T > 1:
             attn_mask = causal_window_mask(T, t_k, self.window, x.device)
         y = F.scaled_dot_product_attention(
-            q, k, v,
+            q,
+            k,
+            v,
             attn_mask=attn_mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=is_causal,

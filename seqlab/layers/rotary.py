@@ -30,7 +30,8 @@ class RotaryEmbedding(nn.Module):
     def _build(self, length: int) -> None:
         device = self.cos.device
         inv_freq = 1.0 / (
-            self.base ** (torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float64) / self.head_dim)
+            self.base
+            ** (torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float64) / self.head_dim)
         )
         t = torch.arange(length, device=device, dtype=torch.float64)
         freqs = torch.outer(t, inv_freq)

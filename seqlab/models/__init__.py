@@ -22,7 +22,9 @@ class ModelEntry:
 
 
 MODELS: dict[str, ModelEntry] = {
-    "gpt": ModelEntry(gpt.GPTConfig, gpt.GPT, gpt.PRESETS, "lm", "baseline pre-norm transformer (RoPE, SDPA, KV cache)"),
+    "gpt": ModelEntry(
+        gpt.GPTConfig, gpt.GPT, gpt.PRESETS, "lm", "baseline pre-norm transformer (RoPE, SDPA, KV cache)"
+    ),
 }
 
 
@@ -57,6 +59,14 @@ def count_parameters(model) -> int:
 
 
 __all__ = [
-    "MODELS", "ModelEntry", "ModelOutput", "build_config", "build_model", "count_parameters",
-    "model_entry", "coerce", "to_dict", "unknown_key_error",
+    "MODELS",
+    "ModelEntry",
+    "ModelOutput",
+    "build_config",
+    "build_model",
+    "count_parameters",
+    "model_entry",
+    "coerce",
+    "to_dict",
+    "unknown_key_error",
 ]

@@ -97,8 +97,13 @@ class GPT(nn.Module):
         p = self.embed.weight
         cfg = self.config
         return KVCache(
-            cfg.num_layers, batch_size, cfg.num_heads, cfg.dim // cfg.num_heads, capacity,
-            device or p.device, dtype or p.dtype,
+            cfg.num_layers,
+            batch_size,
+            cfg.num_heads,
+            cfg.dim // cfg.num_heads,
+            capacity,
+            device or p.device,
+            dtype or p.dtype,
         )
 
     def forward(

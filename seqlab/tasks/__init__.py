@@ -1,1 +1,7 @@
-"""seqlab.tasks"""
+"""Tasks: what a model is trained to do and how it is measured (see tasks/base.py)."""
+
+from seqlab.tasks.lm import CausalLMTask
+
+TASKS = {"lm": CausalLMTask}
+
+__all__ = ["TASKS", "CausalLMTask"]

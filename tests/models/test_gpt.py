@@ -9,7 +9,9 @@ from seqlab.models import build_model
 from seqlab.models.generation import generate, sample_next
 
 
-@pytest.fixture(params=[{}, {"mlp": "swiglu", "norm": "rmsnorm"}, {"window": 5}], ids=["gelu-ln", "swiglu-rms", "window5"])
+@pytest.fixture(
+    params=[{}, {"mlp": "swiglu", "norm": "rmsnorm"}, {"window": 5}], ids=["gelu-ln", "swiglu-rms", "window5"]
+)
 def model(request):
     torch.manual_seed(0)
     return build_model("gpt", "tiny", vocab_size=40, **request.param).eval()

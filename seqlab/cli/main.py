@@ -1,0 +1,179 @@
+"""The `seqlab` command line: train, eval, generate, models, bench.
+
+Argument parsing into the config dataclasses only; the work happens in seqlab.train,
+seqlab.models and seqlab.bench.
+"""
+
+import argparse
+import json
+import sys
+
+from seqlab.errors import SeqlabError
+
+
+def _train_overrides(args) -> list[str]:
+    """Turn the convenience flags into dotted overrides (applied before --set)."""
+    pairs = []
+    for flag, key in (
+        ("model", "model.name"),
+        ("preset", "model.preset"),
+        ("data", "data.source"),
+        ("tokenizer", "data.tokenizer"),
+        ("max_iters", "train.max_iters"),
+        ("max_time", "train.max_time"),
+        ("dtype", "train.dtype"),
+        ("device", "train.device"),
+        ("batch_size", "train.batch_size"),
+        ("run_dir", "run_dir"),
+        ("seed", "train.seed"),
+        ("lr", "train.lr"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            pairs.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
+    if args.compile:
+        pairs.append("train.compile=true")
+    if args.no_progress:
+        pairs.append("train.progress=false")
+    return pairs + list(args.set or [])
+
+
+def cmd_train(args) -> int:
+    from seqlab.train import load_run_config, train
+    from seqlab.train.loop import resume_config
+
+    overrides = _train_overrides(args)
+    if args.resume:
+        cfg = resume_config(args.resume, [o for o in overrides if not o.startswith("model.")])
+    else:
+        cfg = load_run_config(args.config or [], overrides)
+    train(cfg, resume=args.resume)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from seqlab.train.loop import evaluate
+    from seqlab.train.runs import load_run
+
+    model, task, cfg, meta = load_run(args.run, args.checkpoint, args.device or "cpu", args.data)
+    if args.eval_iters:
+        cfg.train.eval_iters = args.eval_iters
+    import contextlib
+
+    import torch
+
+    result = evaluate(model, task, cfg, torch.device(args.device or "cpu"), contextlib.nullcontext)
+    result.update(step=meta.get("step"), checkpoint=args.checkpoint, data=cfg.data.source or "default corpus")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from seqlab.train.runs import load_run
+
+    model, task, _, _ = load_run(args.run, args.checkpoint, args.device or "cpu")
+    text = task.sample(
+        model,
+        prompt=args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+    print(text)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from seqlab.models import MODELS, build_model, count_parameters
+
+    print(f"{'model':<12} {'preset':<8} {'params':>10}  {'task':<6} description")
+    for name, entry in MODELS.items():
+        for preset in entry.presets:
+            n = count_parameters(build_model(name, preset, vocab_size=args.vocab_size))
+            print(f"{name:<12} {preset:<8} {n / 1e6:>9.2f}M  {entry.task:<6} {entry.description}")
+    print(f"(parameter counts with vocab_size={args.vocab_size})")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from seqlab.bench.cli import run_from_args
+
+    return run_from_args(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="seqlab", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model (default: gpt baby on the embedded Shakespeare corpus)")
+    t.add_argument("config", nargs="*", help="JSON or YAML config files, applied in order")
+    t.add_argument("--model", help="registered model name (see `seqlab models`)")
+    t.add_argument("--preset", help="model preset: tiny | baby | small")
+    t.add_argument("--data", help="text file, folder, or hf:<dataset>; default: embedded corpus")
+    t.add_argument("--tokenizer", help="char | byte | bpe")
+    t.add_argument("--max-iters", type=int)
+    t.add_argument("--max-time", type=float, help="seconds of training, then save and stop")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--dtype", choices=["float32", "bfloat16"])
+    t.add_argument("--device")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--run-dir", help="where to write the run (default runs/<model>-<preset>)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue this run exactly where it stopped")
+    t.add_argument(
+        "--set", nargs="+", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=3e-4 model.dim=64"
+    )
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="validation loss of a run's checkpoint")
+    e.add_argument("run", help="run directory")
+    e.add_argument("--checkpoint", default="best", help="best | latest")
+    e.add_argument("--data", help="evaluate on this text instead (run's tokenizer)")
+    e.add_argument("--eval-iters", type=int)
+    e.add_argument("--device")
+    e.set_defaults(func=cmd_eval)
+
+    g = sub.add_parser("generate", help="sample text from a run's checkpoint")
+    g.add_argument("run", help="run directory")
+    g.add_argument("--prompt", default="\n")
+    g.add_argument("--max-new-tokens", type=int, default=300)
+    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--checkpoint", default="best")
+    g.add_argument("--device")
+    g.set_defaults(func=cmd_generate)
+
+    m = sub.add_parser("models", help="list registered models, presets and parameter counts")
+    m.add_argument("--vocab-size", type=int, default=65)
+    m.set_defaults(func=cmd_models)
+
+    b = sub.add_parser("bench", help="throughput, MFU, memory, loss and decode latency vs a peer")
+    try:
+        from seqlab.bench.cli import add_arguments
+    except ImportError:
+        add_arguments = None
+    if add_arguments is not None:
+        add_arguments(b)
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SeqlabError as e:
+        print(f"seqlab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

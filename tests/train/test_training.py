@@ -1,0 +1,157 @@
+"""The trainer: learning on real text, exact resume, NaN stop, checkpoints that are safe to load."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from seqlab.data import build_tokenizer, encode_corpus, load_corpus, split_ids
+from seqlab.errors import CheckpointError, DataError, TrainingDiverged
+from seqlab.models import build_model
+from seqlab.train import checkpoint as ckpt
+from seqlab.train import train
+from seqlab.train.loop import resume_config
+from seqlab.train.metrics import read_metrics
+from seqlab.train.runs import load_run
+
+
+def _train_losses(run_dir):
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["split"] == "train"}
+
+
+def test_short_run_on_real_text_falls_well_below_unigram_entropy(tiny_cfg):
+    text = load_corpus()
+    ids = encode_corpus(text, build_tokenizer("char", text))
+    train_ids, _ = split_ids(ids)
+    p = np.bincount(train_ids) / len(train_ids)
+    unigram = float(-(p[p > 0] * np.log(p[p > 0])).sum())  # nats/char, about 3.3
+    cfg = tiny_cfg(
+        "train.max_iters=300",
+        "train.batch_size=32",
+        "train.lr=3e-3",
+        "train.eval_interval=300",
+        "train.eval_iters=10",
+        "model.dim=64",
+        "model.num_heads=4",
+    )
+    result = train(cfg)
+    assert result.val_loss < unigram - 0.6, (result.val_loss, unigram)
+    assert (result.run_dir / "loss_curve.png").stat().st_size > 1000
+    assert "step 300" in (result.run_dir / "samples.txt").read_text()
+
+
+class StopAt:
+    """A callback that interrupts training (as Ctrl-C would) after a given step."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_step(self, step, loss, model, optimizer):
+        if step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_and_resumed_run_reproduces_the_uninterrupted_losses(tiny_cfg, tmp_path):
+    full = train(tiny_cfg("model.dropout=0.1", run_dir=tmp_path / "full"))
+    cfg = tiny_cfg("model.dropout=0.1", run_dir=tmp_path / "cut")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[StopAt(7)])
+    assert ckpt.read_meta(ckpt.find_checkpoint(tmp_path / "cut"))["step"] == 7
+    resumed = train(resume_config(tmp_path / "cut"), resume=tmp_path / "cut")
+    a, b = _train_losses(full.run_dir), _train_losses(resumed.run_dir)
+    assert sorted(a) == sorted(b) == list(range(1, 13))
+    assert a == b  # bitwise equal floats
+    assert resumed.val_loss == full.val_loss
+
+
+def test_resume_can_extend_a_finished_run(tiny_cfg, tmp_path):
+    train(tiny_cfg(run_dir=tmp_path / "r"))
+    longer = train(resume_config(tmp_path / "r", ["train.max_iters=16"]), resume=tmp_path / "r")
+    assert longer.step == 16
+
+
+class PoisonAt:
+    """Sets a weight to NaN after a step, as a diverging run would."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_step(self, step, loss, model, optimizer):
+        if step == self.step:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(run_dir=tmp_path / "nan")
+    with pytest.raises(TrainingDiverged, match=r"became nan at step 6.*last good checkpoint"):
+        train(cfg, callbacks=[PoisonAt(5)])
+    good = ckpt.find_checkpoint(tmp_path / "nan")
+    assert ckpt.read_meta(good)["step"] == 4
+    model, *_ = load_run(tmp_path / "nan", "latest")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_truncated_or_corrupt_checkpoint_is_reported(tiny_cfg, tmp_path):
+    train(tiny_cfg(run_dir=tmp_path / "c"))
+    weights = ckpt.find_checkpoint(tmp_path / "c") / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_run(tmp_path / "c", "latest")
+    weights.write_bytes(data[:-8] + b"\x00" * 8)
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_run(tmp_path / "c", "latest")
+    (weights.parent / "meta.json").write_text("{broken")
+    with pytest.raises(CheckpointError, match="meta.json is corrupt"):
+        load_run(tmp_path / "c", "latest")
+
+
+def test_checkpoint_of_another_model_is_rejected(tiny_cfg, tmp_path):
+    train(tiny_cfg(run_dir=tmp_path / "o"))
+    other = build_model("gpt", "tiny", vocab_size=78, dim=48)
+    with pytest.raises(CheckpointError, match="does not fit this GPT"):
+        ckpt.load_weights(other, ckpt.find_checkpoint(tmp_path / "o"))
+
+
+class _Exploit:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch /tmp/seqlab_pwned",))
+
+
+def test_loading_trainer_state_never_executes_pickled_code(tmp_path):
+    bad = tmp_path / "step"
+    bad.mkdir()
+    with open(bad / "trainer.pt", "wb") as f:
+        pickle.dump({"x": _Exploit()}, f)
+    with pytest.raises(CheckpointError, match="cannot read trainer state"):
+        ckpt.load_trainer_state(bad)
+    import os
+
+    assert not os.path.exists("/tmp/seqlab_pwned")
+
+
+def test_missing_and_too_short_data_are_clear(tiny_cfg, tmp_path):
+    with pytest.raises(DataError, match="nope.txt"):
+        train(tiny_cfg(f"data.source={tmp_path / 'nope.txt'}"))
+    short = tmp_path / "short.txt"
+    short.write_text("to be or not to be, " * 3)
+    with pytest.raises(DataError, match="context"):
+        train(tiny_cfg(f"data.source={short}"))
+
+
+def test_run_directory_holds_config_metrics_curve_and_checkpoints(tiny_cfg, tmp_path):
+    result = train(tiny_cfg(run_dir=tmp_path / "d"))
+    saved = json.loads((result.run_dir / "config.json").read_text())
+    assert saved["model"]["name"] == "gpt" and saved["model"]["dim"] == 32  # fully resolved
+    best = ckpt.find_checkpoint(result.run_dir, "best")
+    meta = ckpt.read_meta(best)
+    assert meta["val_loss"] == min(
+        r["loss"] for r in read_metrics(result.run_dir / "metrics.jsonl") if r["split"] == "val"
+    )
+    assert {p.name for p in best.iterdir()} == {"model.safetensors", "trainer.pt", "meta.json"}
+    assert not [p for p in (result.run_dir / "checkpoints").iterdir() if p.name.startswith(".tmp")]
