@@ -1,0 +1,70 @@
+"""The seqlab command end to end: train a few steps, generate, eval, models; errors are one line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from seqlab.cli.main import main
+
+TINY = [
+    "--preset", "tiny", "--max-iters", "6", "--batch-size", "4", "--no-progress",
+    "--set", "train.eval_interval=3", "train.eval_iters=2", "train.warmup_iters=1", "train.sample_tokens=10",
+]
+
+
+def test_train_generate_eval_through_the_real_entry_point(tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "seqlab", "train", *TINY, "--run-dir", str(run)], check=True, env=env)
+    assert {"config.json", "metrics.jsonl", "loss_curve.png", "samples.txt", "checkpoints"} <= {
+        p.name for p in run.iterdir()
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "seqlab", "generate", str(run), "--prompt", "ROMEO:", "--max-new-tokens", "20"],
+        check=True, capture_output=True, text=True, env=env,
+    ).stdout
+    assert out.startswith("ROMEO:") and len(out.rstrip("\n")) >= len("ROMEO:") + 15
+
+
+def test_eval_prints_metrics(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--run-dir", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--eval-iters", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["step"] in (3, 6) and result["loss"] > 0 and result["bits_per_token"] > 0
+
+
+def test_config_file_and_saved_resolved_config(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  name: gpt\n  preset: tiny\n  mlp: swiglu\ntrain:\n  max_iters: 3\n")
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--no-progress", "--run-dir", str(run), "--set", "train.eval_iters=1"]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["model"]["mlp"] == "swiglu" and saved["train"]["max_iters"] == 3
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--model", "gtp"], "unknown model 'gtp'; choose one of: gpt"),
+        (["train", "--preset", "huge"], "unknown preset 'huge'"),
+        (["train", "--set", "train.lrr=1"], "Did you mean 'lr'"),
+        (["train", "--set", "train.max_iters=ten"], "train.max_iters: expected int"),
+        (["train", "--data", "/no/such/file.txt", "--preset", "tiny"], "/no/such/file.txt"),
+        (["generate", "/no/such/run"], "not a seqlab run directory"),
+    ],
+)
+def test_user_errors_are_one_clear_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_models_lists_registry_with_parameter_counts(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "gpt" in out and "baby" in out and "0.80M" in out  # nanoGPT's baby config: ~0.80M params
