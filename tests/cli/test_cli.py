@@ -10,21 +10,46 @@ import pytest
 from seqlab.cli.main import main
 
 TINY = [
-    "--preset", "tiny", "--max-iters", "6", "--batch-size", "4", "--no-progress",
-    "--set", "train.eval_interval=3", "train.eval_iters=2", "train.warmup_iters=1", "train.sample_tokens=10",
+    "--preset",
+    "tiny",
+    "--max-iters",
+    "6",
+    "--batch-size",
+    "4",
+    "--no-progress",
+    "--set",
+    "train.eval_interval=3",
+    "train.eval_iters=2",
+    "train.warmup_iters=1",
+    "train.sample_tokens=10",
 ]
 
 
 def test_train_generate_eval_through_the_real_entry_point(tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "seqlab", "train", *TINY, "--run-dir", str(run)], check=True, env=env)
+    subprocess.run(
+        [sys.executable, "-m", "seqlab", "train", *TINY, "--run-dir", str(run)], check=True, env=env
+    )
     assert {"config.json", "metrics.jsonl", "loss_curve.png", "samples.txt", "checkpoints"} <= {
         p.name for p in run.iterdir()
     }
     out = subprocess.run(
-        [sys.executable, "-m", "seqlab", "generate", str(run), "--prompt", "ROMEO:", "--max-new-tokens", "20"],
-        check=True, capture_output=True, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "seqlab",
+            "generate",
+            str(run),
+            "--prompt",
+            "ROMEO:",
+            "--max-new-tokens",
+            "20",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
     ).stdout
     assert out.startswith("ROMEO:") and len(out.rstrip("\n")) >= len("ROMEO:") + 15
 
@@ -42,7 +67,9 @@ def test_config_file_and_saved_resolved_config(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model:\n  name: gpt\n  preset: tiny\n  mlp: swiglu\ntrain:\n  max_iters: 3\n")
     run = tmp_path / "run"
-    assert main(["train", str(cfg), "--no-progress", "--run-dir", str(run), "--set", "train.eval_iters=1"]) == 0
+    assert (
+        main(["train", str(cfg), "--no-progress", "--run-dir", str(run), "--set", "train.eval_iters=1"]) == 0
+    )
     saved = json.loads((run / "config.json").read_text())
     assert saved["model"]["mlp"] == "swiglu" and saved["train"]["max_iters"] == 3
 

@@ -9,8 +9,19 @@ import pytest
 from seqlab.train.metrics import read_metrics
 
 ARGS = [
-    "train", "--preset", "tiny", "--max-iters", "6", "--batch-size", "8", "--no-progress",
-    "--set", "train.eval_interval=3", "train.eval_iters=2", "train.log_interval=1", "train.warmup_iters=1",
+    "train",
+    "--preset",
+    "tiny",
+    "--max-iters",
+    "6",
+    "--batch-size",
+    "8",
+    "--no-progress",
+    "--set",
+    "train.eval_interval=3",
+    "train.eval_iters=2",
+    "train.log_interval=1",
+    "train.warmup_iters=1",
     "train.sample_tokens=0",
 ]
 
@@ -25,9 +36,21 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     subprocess.run([sys.executable, "-m", "seqlab", *ARGS, "--run-dir", str(single)], check=True, env=env)
     subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "seqlab", *ARGS, "--run-dir", str(ddp)],
-        check=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "seqlab",
+            *ARGS,
+            "--run-dir",
+            str(ddp),
+        ],
+        check=True,
+        env=env,
+        timeout=300,
     )
     a, b = _losses(single), _losses(ddp)
     assert len(a) == len(b) == 6
