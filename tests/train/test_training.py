@@ -155,3 +155,61 @@ def test_run_directory_holds_config_metrics_curve_and_checkpoints(tiny_cfg, tmp_
     )
     assert {p.name for p in best.iterdir()} == {"model.safetensors", "trainer.pt", "meta.json"}
     assert not [p for p in (result.run_dir / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+
+
+class _AuxModel(torch.nn.Module):
+    """A toy LM that reports an auxiliary loss and a metric, like an MoE would."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.inner = build_model("gpt", None, **{k: v for k, v in vars(cfg).items()})
+
+    def forward(self, input_ids, targets=None, cache=None):
+        out = self.inner(input_ids, targets=targets)
+        out.aux_losses["toy_penalty"] = 0.5 * out.logits.float().pow(2).mean()
+        out.metrics["toy_metric"] = torch.tensor(7.0)
+        return out
+
+
+def test_aux_losses_are_added_and_metrics_logged_without_model_specific_code(tiny_cfg, tmp_path, monkeypatch):
+    from seqlab import models
+    from seqlab.models.gpt import GPTConfig
+
+    entry = models.ModelEntry(GPTConfig, _AuxModel, models.MODELS["gpt"].presets, "lm", "toy")
+    monkeypatch.setitem(models.MODELS, "toy_aux", entry)
+    result = train(tiny_cfg("model.name=toy_aux", run_dir=tmp_path / "aux"))
+    records = read_metrics(result.run_dir / "metrics.jsonl")
+    train_rec = [r for r in records if r["split"] == "train"][0]
+    val_rec = [r for r in records if r["split"] == "val"][0]
+    assert train_rec["toy_metric"] == 7.0 and val_rec["toy_metric"] == 7.0
+    assert train_rec["toy_penalty"] > 0
+    # The logged training loss is the total: primary + auxiliary.
+    assert train_rec["loss"] > train_rec["toy_penalty"]
+
+
+def test_max_time_saves_a_checkpoint_and_the_run_can_resume(tiny_cfg, tmp_path):
+    result = train(tiny_cfg("train.max_time=0", run_dir=tmp_path / "t"))
+    assert result.stopped == "max_time" and result.step == 1
+    assert ckpt.read_meta(ckpt.find_checkpoint(tmp_path / "t"))["step"] == 1
+    # max_time is a budget per invocation: the saved one applies again unless overridden.
+    again = train(resume_config(tmp_path / "t"), resume=tmp_path / "t")
+    assert again.step == 2
+    resumed = train(resume_config(tmp_path / "t", ["train.max_time=null"]), resume=tmp_path / "t")
+    assert resumed.step == 12
+
+
+def test_bf16_autocast_trains(tiny_cfg, tmp_path):
+    result = train(tiny_cfg("train.dtype=bfloat16", run_dir=tmp_path / "bf16"))
+    losses = _train_losses(result.run_dir)
+    assert all(np.isfinite(v) for v in losses.values())
+    assert losses[12] < losses[1]
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager(tiny_cfg, tmp_path):
+    eager = train(tiny_cfg(run_dir=tmp_path / "eager"))
+    compiled = train(tiny_cfg("train.compile=true", run_dir=tmp_path / "compiled"))
+    a, b = _train_losses(eager.run_dir), _train_losses(compiled.run_dir)
+    for k in a:
+        assert abs(a[k] - b[k]) < 1e-3 * abs(a[k])
