@@ -91,8 +91,12 @@ def cmd_models(args) -> int:
     print(f"{'model':<12} {'preset':<8} {'params':>10}  {'task':<6} description")
     for name, entry in MODELS.items():
         for preset in entry.presets:
-            n = count_parameters(build_model(name, preset, vocab_size=args.vocab_size))
-            print(f"{name:<12} {preset:<8} {n / 1e6:>9.2f}M  {entry.task:<6} {entry.description}")
+            try:
+                n = f"{count_parameters(build_model(name, preset, vocab_size=args.vocab_size)) / 1e6:.2f}M"
+            except ImportError as e:  # an optional peer whose extra is not installed
+                n = "n/a"
+                print(f"({name}: {e})", file=sys.stderr)
+            print(f"{name:<12} {preset:<8} {n:>10}  {entry.task:<6} {entry.description}")
     print(f"(parameter counts with vocab_size={args.vocab_size})")
     return 0
 

@@ -1,0 +1,112 @@
+"""`seqlab bench`: arguments into cases and settings, then the runner; no logic of its own.
+
+seqlab bench --model gpt --preset baby --dtypes float32,bfloat16 --max-iters 2000
+seqlab bench --quick                      # a few steps of everything, to check the setup
+seqlab bench --set train.lr=3e-4 model.mlp=swiglu --no-peer --out bench_results/swiglu
+"""
+
+import argparse
+import datetime
+from pathlib import Path
+
+import torch
+
+from seqlab.bench.cases import DTYPES, expand_cases, peer_available
+from seqlab.bench.runner import BenchSettings, run_bench
+from seqlab.errors import ConfigError
+from seqlab.models import model_entry
+
+QUICK = dict(
+    max_iters=40, decode_steps=8, decode_repeats=1, overrides=("train.eval_iters=5", "train.log_interval=5")
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="gpt", help="registered model(s), comma-separated (default gpt)")
+    p.add_argument(
+        "--preset", default="baby", help="model preset (default baby: 4 layers, 4 heads, 128 wide)"
+    )
+    p.add_argument("--data", help="text file, folder, or hf:<dataset>; default: embedded corpus")
+    p.add_argument("--tokenizer", default="char", help="char | byte | bpe (default char)")
+    p.add_argument(
+        "--dtypes", default="float32,bfloat16", help="comma-separated: float32, bfloat16 (autocast)"
+    )
+    p.add_argument("--max-iters", type=int, help="training steps per case (default 2000; --quick: 40)")
+    p.add_argument(
+        "--max-time", type=float, help="seconds of training per case, if reached before --max-iters"
+    )
+    p.add_argument(
+        "--peer",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run every case through x-transformers as a peer (default: on when installed)",
+    )
+    p.add_argument("--decode-contexts", default="64,256,1024", help="prompt lengths for decode latency")
+    p.add_argument("--decode-steps", type=int, help="timed decode steps per context (default 32)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--out", help="output folder (default bench_results/<models>-<preset>-<time>)")
+    p.add_argument("--quick", action="store_true", help="a few steps of everything, for smoke testing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar while training")
+    p.add_argument(
+        "--set",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="dotted overrides as for `seqlab train`, e.g. train.lr=3e-4",
+    )
+
+
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated integers, e.g. 64,256,1024; got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{flag} needs at least one positive integer, got {text!r}")
+    return values
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    models = [m.strip() for m in args.model.split(",") if m.strip()]
+    for name in models:
+        model_entry(name)  # unknown names fail here, listing the registered ones
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    if not dtypes or any(d not in DTYPES for d in dtypes):
+        raise ConfigError(
+            f"--dtypes takes a comma-separated subset of {', '.join(DTYPES)}; got {args.dtypes!r}"
+        )
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    quick = QUICK if args.quick else {}
+    max_iters = args.max_iters or quick.get("max_iters", 2000)
+    if max_iters < 1:
+        raise ConfigError(f"--max-iters must be >= 1, got {max_iters}")
+    peer = args.peer and peer_available()
+    if args.peer and not peer:
+        print("seqlab bench: x-transformers is not installed, so no peer runs (pip install 'seqlab[bench]')")
+    settings = BenchSettings(
+        data=args.data,
+        tokenizer=args.tokenizer,
+        max_iters=max_iters,
+        max_time=args.max_time,
+        device=args.device,
+        decode_contexts=_int_list(args.decode_contexts, "--decode-contexts"),
+        decode_steps=args.decode_steps or quick.get("decode_steps", 32),
+        decode_repeats=quick.get("decode_repeats", 3),
+        progress=not args.no_progress,
+        peer=peer,
+    )
+    overrides = (*quick.get("overrides", ()), *(args.set or ()))
+    cases = expand_cases(models, args.preset, dtypes, overrides, peer)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out or Path("bench_results") / f"{'+'.join(models)}-{args.preset}-{stamp}")
+    report = run_bench(cases, settings, out)
+    print()
+    print((out / "results.md").read_text())
+    print(f"seqlab bench: wrote {out / 'results.json'} and {out / 'results.md'}")
+    failed = [c["name"] for c in report["cases"] if c["status"] in ("refused", "error")]
+    if failed:
+        print(f"seqlab bench: {len(failed)} case(s) refused or failed: {', '.join(failed)}")
+    return 1 if failed else 0

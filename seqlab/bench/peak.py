@@ -1,0 +1,56 @@
+"""Measured matmul peak FLOP/s: the denominator of model FLOPs utilization (MFU).
+
+Datasheet peaks are unknown for most CPUs (they depend on the SKU, the vector units, AMX and
+the clock under load) and optimistic for GPUs, so MFU here is measured against what this
+process can actually get from torch's matmul: the best of a few timed n x n matmuls in the
+benchmarked dtype, after warmup, with the current thread count. A model at MFU 1.0 would
+run all its FLOPs as fast as a large square matmul does.
+"""
+
+import functools
+import time
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def default_sizes(device: torch.device) -> tuple[int, ...]:
+    # Large enough to saturate the units, small enough to time in about a second; on CPU the
+    # smaller size often wins because it stays in cache, so both are tried.
+    return (4096, 8192) if device.type == "cuda" else (1024, 2048)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@functools.cache
+def _measure(dtype: torch.dtype, device: torch.device, sizes: tuple[int, ...], repeats: int, threads: int):
+    best = 0.0
+    for n in sizes:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        for _ in range(2):
+            a @ b
+        _sync(device)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            _sync(device)
+            best = max(best, 2 * n**3 / (time.perf_counter() - start))
+    return best
+
+
+def matmul_peak_flops(
+    dtype: str | torch.dtype,
+    device: str | torch.device = "cpu",
+    sizes: tuple[int, ...] | None = None,
+    repeats: int = 5,
+) -> float:
+    """Best measured FLOP/s of an n x n @ n x n matmul in `dtype` (cached per process and thread count)."""
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    device = torch.device(device)
+    sizes = tuple(sizes or default_sizes(device))
+    return _measure(dtype, device, sizes, repeats, torch.get_num_threads())
