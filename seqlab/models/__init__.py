@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from seqlab.config import coerce, from_dict, to_dict, unknown_key_error
 from seqlab.errors import ConfigError
-from seqlab.models import gpt
+from seqlab.models import gpt, leap
 from seqlab.models import xtransformers as xt
 from seqlab.models.output import ModelOutput
 
@@ -27,6 +27,9 @@ MODELS: dict[str, ModelEntry] = {
         gpt.GPTConfig, gpt.GPT, gpt.PRESETS, "lm", "baseline pre-norm transformer (RoPE, SDPA, KV cache)"
     ),
     "xtransformers": ModelEntry(xt.XTransformersConfig, xt.XTransformersLM, xt.PRESETS, "lm", xt.DESCRIPTION),
+    "leap": ModelEntry(
+        leap.LeapConfig, leap.LeapForCausalLM, leap.PRESETS, "lm", "LEAP linear explainable attention"
+    ),
 }
 
 
