@@ -9,7 +9,7 @@ from pathlib import Path
 import seqlab
 
 ROOT = Path(seqlab.__file__).parent
-ORDER = ["ops", "layers", "models", "tasks", "train", "bench", "cli"]
+ORDER = ["ops", "layers", "models", "tasks", "train", "bench", "explain", "cli"]
 # What each layer may import from seqlab (besides itself and the dependency-free modules).
 FREE = {"errors", "config", "data", "__init__"}
 ALLOWED = {
@@ -19,7 +19,8 @@ ALLOWED = {
     "tasks": {"ops", "layers", "models"},
     "train": {"ops", "layers", "models", "tasks"},
     "bench": {"ops", "layers", "models", "tasks", "train"},
-    "cli": {"ops", "layers", "models", "tasks", "train", "bench"},
+    "explain": {"ops", "layers", "models", "tasks", "train"},
+    "cli": {"ops", "layers", "models", "tasks", "train", "bench", "explain"},
     "data": set(),
     "errors": set(),
     "config": set(),

@@ -1,7 +1,7 @@
-"""The `seqlab` command line: train, eval, generate, models, bench.
+"""The `seqlab` command line: train, eval, generate, models, bench, explain.
 
 Argument parsing into the config dataclasses only; the work happens in seqlab.train,
-seqlab.models and seqlab.bench.
+seqlab.models, seqlab.bench and seqlab.explain.
 """
 
 import argparse
@@ -107,6 +107,37 @@ def cmd_bench(args) -> int:
     return run_from_args(args)
 
 
+def cmd_explain(args) -> int:
+    from seqlab.explain import explain_run
+
+    paths, note = explain_run(
+        args.run,
+        args.text,
+        args.out,
+        checkpoint=args.checkpoint,
+        layers=args.layers,
+        heads=args.heads,
+        style=args.style,
+        query=args.query,
+        max_tokens=args.max_tokens,
+    )
+    if note:
+        print(f"seqlab explain: {note}", file=sys.stderr)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _index_list(value: str) -> list[int]:
+    """argparse type for "0,2": a comma-separated list of layer or head indices."""
+    try:
+        return [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 0,2, got {value!r}"
+        ) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="seqlab", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -165,6 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     if add_arguments is not None:
         add_arguments(b)
     b.set_defaults(func=cmd_bench)
+
+    x = sub.add_parser("explain", help="PNG focus maps (attention and gate per layer and head) of a LEAP run")
+    x.add_argument("run", help="run directory of a LEAP model")
+    x.add_argument("--text", required=True, help="the text to explain, e.g. 'ROMEO: hello'")
+    x.add_argument("--out", help="output folder (default RUN_DIR/explain)")
+    x.add_argument("--layers", type=_index_list, help="comma-separated layer indices (default all)")
+    x.add_argument("--heads", type=_index_list, help="comma-separated head indices (default all)")
+    x.add_argument("--style", choices=["lines", "matrix"], default="lines", help="line diagram or heatmap")
+    x.add_argument("--checkpoint", default="best", help="best | latest")
+    x.add_argument("--query", type=int, help="highlight this query position (-1 = last token)")
+    x.add_argument("--max-tokens", type=int, help="keep the last N tokens (default min(64, max_seq_len))")
+    x.set_defaults(func=cmd_explain)
     return p
 
 

@@ -51,27 +51,33 @@ def generate(
 ) -> torch.Tensor:
     """Extend input_ids [b, t] by max_new_tokens; returns [b, t + max_new_tokens].
 
-    Without a cache the prefix is cropped to the model's max_seq_len, as in training.
+    Without a cache the prefix is cropped to the model's max_seq_len, as in training. A model
+    whose positions end somewhere (learned absolute positions) says so with a `max_positions`
+    attribute; cached decoding runs up to that length, then continues by recomputing the
+    cropped prefix, exactly as uncached decoding would.
     """
     was_training = model.training
     model.eval()
     ids = input_ids
+    limit = getattr(model, "max_positions", None)
+    done = 0
     try:
-        if use_cache and hasattr(model, "make_cache"):
+        if use_cache and hasattr(model, "make_cache") and (limit is None or ids.shape[1] <= limit):
             cache = model.make_cache(ids.shape[0], ids.shape[1] + max_new_tokens)
             logits = model(ids, cache=cache).logits[:, -1]
-            for i in range(max_new_tokens):
+            while done < max_new_tokens:
                 nxt = sample_next(logits, temperature, top_k, top_p, generator)
                 ids = torch.cat([ids, nxt[:, None]], dim=1)
-                if i + 1 < max_new_tokens:
-                    logits = model(nxt[:, None], cache=cache).logits[:, -1]
-        else:
-            max_len = getattr(getattr(model, "config", None), "max_seq_len", None)
-            for _ in range(max_new_tokens):
-                context = ids if max_len is None else ids[:, -max_len:]
-                logits = model(context).logits[:, -1]
-                nxt = sample_next(logits, temperature, top_k, top_p, generator)
-                ids = torch.cat([ids, nxt[:, None]], dim=1)
+                done += 1
+                if done == max_new_tokens or (limit is not None and ids.shape[1] > limit):
+                    break
+                logits = model(nxt[:, None], cache=cache).logits[:, -1]
+        max_len = getattr(getattr(model, "config", None), "max_seq_len", None)
+        for _ in range(max_new_tokens - done):
+            context = ids if max_len is None else ids[:, -max_len:]
+            logits = model(context).logits[:, -1]
+            nxt = sample_next(logits, temperature, top_k, top_p, generator)
+            ids = torch.cat([ids, nxt[:, None]], dim=1)
     finally:
         model.train(was_training)
     return ids

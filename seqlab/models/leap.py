@@ -197,6 +197,11 @@ class LeapForCausalLM(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    @property
+    def max_positions(self) -> int | None:
+        """Longest sequence the model can read: n_positions with learned positions, else None."""
+        return self.config.max_seq_len if self.pos_embed is not None else None
+
     def make_cache(self, batch_size: int, capacity: int | None = None, device=None) -> LeapCache:
         """Recurrent decoding state; `capacity` is ignored (the state does not grow with t)."""
         device = device or self.embed.weight.device

@@ -169,3 +169,11 @@ def test_learned_positions_beyond_n_positions_are_a_clear_error():
     model = make()
     with pytest.raises(ValueError, match="n_positions"):
         model(torch.randint(0, 50, (1, 49)))
+
+
+def test_generation_past_n_positions_with_learned_positions_crops_like_uncached():
+    model = make()  # n_positions 48, learned
+    x = torch.randint(0, 50, (1, 10))
+    cached = generate(model, x, 60, temperature=0)
+    assert cached.shape == (1, 70)
+    assert torch.equal(cached, generate(model, x, 60, temperature=0, use_cache=False))
