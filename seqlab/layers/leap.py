@@ -25,6 +25,7 @@ from torch import nn
 from seqlab.layers.rotary import RotaryEmbedding
 from seqlab.ops.leap import (
     LeapState,
+    alibi_decay,
     leap_attention_map,
     leap_gate_elu,
     leap_gate_exp,
@@ -44,7 +45,8 @@ class MultiheadLeap(nn.Module):
     hidden_size, n_head: width c and heads h (the seed's names). window_size: W, or None /
     >= sequence length for a global layer. focus "elu" (default) or "exp" with `rescale`
     (the seed README's rescaled dot product). causal=False gives the bidirectional encoder
-    form (symmetric window, no recurrence).
+    form (symmetric window, no recurrence). decay=True weighs token j by gamma_h^(t-j) in the
+    focus sums (the "decay" position option).
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class MultiheadLeap(nn.Module):
         focus: str = "elu",
         rescale: float | None = None,
         causal: bool = True,
+        decay: bool = False,
         eps: float = 1e-5,
     ):
         super().__init__()
@@ -77,6 +80,9 @@ class MultiheadLeap(nn.Module):
         self.qfkv = nn.Linear(hidden_size, 4 * hidden_size, bias=False)
         self.proj = nn.Linear(hidden_size, hidden_size)
         self.dropout = nn.Dropout(dropout)
+        # "decay" positions: token j counts gamma_h^(t-j) in the focus sums of head h (fixed
+        # ALiBi-like slopes), which keeps the O(1) recurrence and needs no position table.
+        self.register_buffer("decay", alibi_decay(n_head) if decay else None, persistent=False)
 
     def _project(self, x: torch.Tensor, rotary: RotaryEmbedding | None, offset: int):
         q, f, k, v = rearrange(self.qfkv(x), "b t (four h d) -> four b t h d", four=4, h=self.num_heads)
@@ -112,19 +118,24 @@ class MultiheadLeap(nn.Module):
         A [b, h, t, t] (implicit attention, rows = focus distribution), "gate": a [b, t, h]}."""
         q, f, k, v = self._project(x, rotary, 0)
         w = self._weights(f, k, attention_mask)
-        kbar, vbar, _ = leap_window_sums(w, k, v, self.window, causal=self.causal, eps=self.eps)
+        kbar, vbar, _ = leap_window_sums(
+            w, k, v, self.window, causal=self.causal, decay=self.decay, eps=self.eps
+        )
         a = self._gate(q, kbar)  # [b, t, h]
         y = a.unsqueeze(-1) * vbar
         out = self.proj(rearrange(y, "b t h d -> b t (h d)"))
         if not return_maps:
             return out
-        maps = {"attention": leap_attention_map(w, self.window, causal=self.causal, eps=self.eps), "gate": a}
+        attention = leap_attention_map(w, self.window, causal=self.causal, decay=self.decay, eps=self.eps)
+        maps = {"attention": attention, "gate": a}
         return out, maps
 
     def init_state(self, batch_size: int, device=None) -> LeapState:
         if not self.causal:
             raise RuntimeError("the bidirectional (encoder) LEAP layer has no recurrent form")
-        return leap_state_init(batch_size, self.num_heads, self.head_dim, self.window, device)
+        return leap_state_init(
+            batch_size, self.num_heads, self.head_dim, self.window, device, decay=self.decay
+        )
 
     def step(
         self,

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from seqlab.config import coerce, from_dict, to_dict, unknown_key_error
 from seqlab.errors import ConfigError
-from seqlab.models import gpt, leap
+from seqlab.models import fastformer, gpt, leap
 from seqlab.models import xtransformers as xt
 from seqlab.models.output import ModelOutput
 
@@ -29,6 +29,13 @@ MODELS: dict[str, ModelEntry] = {
     "xtransformers": ModelEntry(xt.XTransformersConfig, xt.XTransformersLM, xt.PRESETS, "lm", xt.DESCRIPTION),
     "leap": ModelEntry(
         leap.LeapConfig, leap.LeapForCausalLM, leap.PRESETS, "lm", "LEAP linear explainable attention"
+    ),
+    "fastformer": ModelEntry(
+        fastformer.FastformerConfig,
+        fastformer.FastformerForCausalLM,
+        fastformer.PRESETS,
+        "lm",
+        "Fastformer additive attention (LEAP repo legacy), windowed + recurrent",
     ),
 }
 

@@ -34,7 +34,7 @@ from seqlab.layers.mlp import MLP
 from seqlab.layers.rotary import RotaryEmbedding
 from seqlab.models.output import ModelOutput, lm_loss
 
-POSITIONS = ("learned", "rotary", "none")
+POSITIONS = ("learned", "rotary", "decay", "none")
 
 # The seed's keyword -> seqlab's field.
 SEED_NAMES = {
@@ -59,7 +59,7 @@ class LeapConfig:
     dropout: float = 0.1
     init_std: float | None = None  # None: 1 / sqrt(dim), the seed's default
     rescale: float | None = None  # None: "elu" focus; a number c_r: "exp" focus with that rescale
-    position: str = "learned"  # learned | rotary | none
+    position: str = "learned"  # learned | rotary | decay | none
     rope_base: float = 10000.0
     mlp_ratio: float = 4.0
     extra: dict[str, Any] = field(default_factory=dict)  # unknown seed kwargs, kept for round trips
@@ -134,10 +134,20 @@ PRESETS = {
 
 
 class LeapBlock(nn.Module):
-    def __init__(self, cfg: LeapConfig, window: int | None):
+    """Pre-norm block around a linear-attention mixer (MultiheadLeap, or Fastformer's)."""
+
+    def __init__(self, cfg: LeapConfig, window: int | None, mixer: type = MultiheadLeap):
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.dim)
-        self.attn = MultiheadLeap(cfg.dim, cfg.num_heads, window, cfg.dropout, cfg.focus, cfg.rescale)
+        self.attn = mixer(
+            cfg.dim,
+            cfg.num_heads,
+            window,
+            cfg.dropout,
+            focus=cfg.focus,
+            rescale=cfg.rescale,
+            decay=cfg.position == "decay",
+        )
         self.norm2 = nn.LayerNorm(cfg.dim)
         self.mlp = MLP(cfg.dim, int(cfg.mlp_ratio * cfg.dim), cfg.dropout, bias=True)
 
@@ -173,6 +183,8 @@ class LeapOutput(ModelOutput):
 
 
 class LeapForCausalLM(nn.Module):
+    mixer: type = MultiheadLeap
+
     def __init__(self, config: LeapConfig):
         super().__init__()
         self.config = cfg = config
@@ -184,7 +196,7 @@ class LeapForCausalLM(nn.Module):
             else None
         )
         self.dropout = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(LeapBlock(cfg, w) for w in cfg.layer_windows())
+        self.blocks = nn.ModuleList(LeapBlock(cfg, w, self.mixer) for w in cfg.layer_windows())
         self.norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.head.weight = self.embed.weight

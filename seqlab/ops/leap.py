@@ -1,32 +1,30 @@
-"""LEAP ops: focus-weighted window sums, focus weights and gates, the recurrent step, the map.
+"""LEAP ops: focus-weighted window sums and pooling, focus weights and gates, decay positions,
+the recurrent step, the map.
 
 LEAP (Linear Explainable Attention in Parallel, seed 001, mtanghu/LEAP; spec in
 specs/leap.md) replaces softmax attention by per-token focus weights w_t >= 0 and the
 focus-weighted averages of keys and values over a window of the last W tokens:
 
-    S_t(Z)  = sum_{j = max(0, t-W+1)}^{t} w_j Z_j         Z in {K, V, 1}
+    S_t(Z)  = sum_{j = max(0, t-W+1)}^{t} gamma^(t-j) w_j Z_j         Z in {K, V, 1}
     Kbar_t  = S_t(K) / (S_t(1) + eps)
     Vbar_t  = S_t(V) / (S_t(1) + eps)
 
+gamma = 1 without positions in the sums; the "decay" positions of the spec give every head
+its gamma_h in (0, 1] (`alibi_decay`), which fades old tokens out and keeps the recurrence
+O(1). `leap_window_pool` is the same average of a single stream (the Fastformer pooling).
+
 Shapes: b batch, t time, h heads, d head dim. Per-token tensors are [b, t, h, d]; per-token
-scalars (weights w, normaliser z) are [b, t, h]. The recurrent step works on one token:
-[b, h, d] and [b, h].
+scalars (weights w, normaliser z) are [b, t, h]; decay is [h]. The recurrent step works on
+one token: [b, h, d] and [b, h].
 
-Implementations of `leap_window_sums` (the `impl=` argument):
-
-- "reference": the formula above as a Python loop over t in float64. Slow; for tests.
-- "blocked": O(t) work for any window. The sequence is cut into blocks of W tokens; the window
-  of token t is a prefix of its own block plus a suffix of the previous block, both computed
-  by cumulative sums that restart at every block. Nothing is ever subtracted, so the
-  round-off is that of a sum of the window's own W entries: it does not grow with t, and
-  entries outside the window have exactly no effect.
-- "shifted": the sum of the W shifted copies of the sequence. O(t W) work, fastest for W <= 8.
-- "fast": "shifted" for W <= SHIFTED_MAX_WINDOW, "blocked" above. "auto" (the default) is
-  "fast" today; it is the name to keep if device-specific kernels are added.
-
+The window sums themselves live in seqlab.ops.window_sum; `impl=` picks one of its
+implementations: "reference" (a float64 loop over t, for tests), "shifted" (W shifted
+copies, O(t W)), "blocked" (prefix and suffix sums restarted every W tokens, O(t); with
+decay, chunked [C, C] decay matmuls, O(t C)), "fast" ("shifted" for W <= 8, else
+"blocked"), "auto" (today "fast"; the name to keep if device-specific kernels are added).
 All vectorised paths accumulate in fp32 (fp64 for fp64 inputs), whatever the input dtype,
-and are plain torch ops, so autograd differentiates them. A global window (None or >= t)
-is a plain fp32 prefix sum: its round-off is relative to the (growing) sum itself.
+subtract nothing, and never form gamma^t / gamma^j: the round-off of a window sum is relative
+to its own terms and does not grow with t.
 
 Departure from the seed: the seed computed cumsum(wZ)_t - cumsum(wZ)_{t-W} in the input
 dtype; in bf16 at t = 8192 the difference of two prefix sums near 1e4 loses every bit of a
@@ -34,7 +32,8 @@ window sum near 1 (spec "Numerics").
 
 Bidirectional (encoder) form, `causal=False`: the window of token t is the symmetric range
 j in [t - W//2, t + W//2] clipped to the sequence (W tokens for odd W, W + 1 for even W);
-None, or W//2 >= t - 1, means every position.
+None, or W//2 >= t - 1, means every position. With decay the weight is gamma^|t-j|, the
+symmetric extension of the causal gamma^(t-j).
 """
 
 import math
@@ -45,26 +44,25 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import Tensor
 
+from seqlab.ops.window_sum import IMPLS, window_sum
+
 __all__ = [
     "LeapState",
+    "alibi_decay",
     "leap_attention_map",
     "leap_gate_elu",
     "leap_gate_exp",
     "leap_logit_elu",
     "leap_logit_exp",
+    "leap_pool_step",
     "leap_recurrent_reference",
     "leap_recurrent_step",
     "leap_state_init",
     "leap_weights_elu",
     "leap_weights_exp",
+    "leap_window_pool",
     "leap_window_sums",
 ]
-
-IMPLS = ("auto", "fast", "blocked", "shifted", "reference")
-
-# "fast" sums shifted copies up to this window and uses the blocked sums above it (CPU
-# fwd+bwd, b=8 h=4 d=32, t=1024 and 4096: the shifted sum wins up to W = 8, then loses).
-SHIFTED_MAX_WINDOW = 8
 
 
 def leap_window_sums(
@@ -74,6 +72,7 @@ def leap_window_sums(
     window: int | None,
     *,
     causal: bool = True,
+    decay: Tensor | None = None,
     impl: str = "auto",
     eps: float = 1e-5,
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -82,136 +81,103 @@ def leap_window_sums(
     w: [b, t, h] focus weights, >= 0, zero at pads (the caller zeroes them).
     k, v: [b, t, h, d]. window: W, or None for global (W >= t is global too).
     causal: the window is the last W tokens (t included); False: j in [t - W//2, t + W//2].
+    decay: None, or gamma [h] in (0, 1]: token j counts gamma^|t-j| w_j (values are checked
+    for CPU tensors only, to keep the op free of device syncs).
     Returns kbar [b, t, h, d] in k's dtype, vbar [b, t, h, d] in v's dtype and
     z = S(1) [b, t, h] in the accumulation dtype (fp32, or fp64 for fp64 inputs).
     """
-    _check_inputs(w, k, v, window, impl)
-    if impl == "reference":
-        return _window_sums_reference(w, k, v, window, causal, eps)
-    if impl in ("auto", "fast"):
-        impl = "shifted" if window is not None and window <= SHIFTED_MAX_WINDOW else "blocked"
-    acc = _accumulation_dtype(w, k, v)
-    d = k.shape[-1]
-    wa = w.to(acc).unsqueeze(-1)
-    # One pass for the three sums: [w K | w V | w] along the last dim.
-    x = torch.cat([wa * k.to(acc), wa * v.to(acc), wa], dim=-1)  # [b, t, h, 2d+1]
-    s = _window_sum(x, window, causal, impl)
-    s_k, s_v, z = s.split([d, d, 1], dim=-1)
-    denom = z + eps
-    return (s_k / denom).to(k.dtype), (s_v / denom).to(v.dtype), z.squeeze(-1)
+    _check_inputs("leap_window_sums", w, {"k": k, "v": v}, window, decay, impl)
+    (kbar, vbar), z = _focus_averages(w, [k, v], window, causal, decay, impl, eps)
+    return kbar, vbar, z
 
 
-def _window_sums_reference(
-    w: Tensor, k: Tensor, v: Tensor, window: int | None, causal: bool, eps: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The spec as a loop over t, accumulating in float64."""
-    t = k.shape[1]
-    w64, k64, v64 = w.double(), k.double(), v.double()
-    kbar, vbar, z = [], [], []
-    for i in range(t):
-        lo, hi = _window_bounds(i, t, window, causal)
-        w_j = w64[:, lo:hi].unsqueeze(-1)  # [b, n, h, 1], n tokens in the window
-        s_k = (w_j * k64[:, lo:hi]).sum(1)  # [b, h, d]
-        s_v = (w_j * v64[:, lo:hi]).sum(1)
-        s_1 = w_j.sum(1)  # [b, h, 1]
-        kbar.append(s_k / (s_1 + eps))
-        vbar.append(s_v / (s_1 + eps))
-        z.append(s_1.squeeze(-1))
-    acc = _accumulation_dtype(w, k, v)
-    return (
-        torch.stack(kbar, 1).to(k.dtype),
-        torch.stack(vbar, 1).to(v.dtype),
-        torch.stack(z, 1).to(acc),
-    )
+def leap_window_pool(
+    w: Tensor,
+    x: Tensor,
+    window: int | None,
+    *,
+    causal: bool = True,
+    decay: Tensor | None = None,
+    impl: str = "auto",
+    eps: float = 1e-5,
+) -> Tensor:
+    """Focus-weighted window average of one stream: xbar = S(x) / (S(1) + eps), [b, t, h, d].
 
-
-def _window_bounds(i: int, t: int, window: int | None, causal: bool) -> tuple[int, int]:
-    """The window of token i as a slice [lo, hi) of a length-t sequence."""
-    if causal:
-        return (0 if window is None else max(0, i - window + 1)), i + 1
-    if window is None:
-        return 0, t
-    radius = window // 2
-    return max(0, i - radius), min(t, i + radius + 1)
-
-
-def _window_sum(x: Tensor, window: int | None, causal: bool, impl: str) -> Tensor:
-    """Window sums of x [b, t, ...] along t, in x's dtype."""
-    t = x.shape[1]
-    if causal:
-        if window is None or window >= t:
-            return x.cumsum(1)
-        return _causal_window_sum(x, window, impl)
-    if window is None or window // 2 >= t - 1:
-        return x.sum(1, keepdim=True).expand_as(x)
-    # The symmetric window [i - r, i + r] is the causal window of length 2r + 1 ending at
-    # i + r: pad r zeros after the sequence and read the causal sums r tokens later.
-    radius = window // 2
-    x = _pad_time(x, 0, radius)
-    return _causal_window_sum(x, 2 * radius + 1, impl)[:, radius:]
-
-
-def _causal_window_sum(x: Tensor, window: int, impl: str) -> Tensor:
-    if impl == "shifted":
-        return _shifted_window_sum(x, window)
-    return _blocked_window_sum(x, window)
-
-
-def _shifted_window_sum(x: Tensor, window: int) -> Tensor:
-    """sum_{i < W} x[t - i]: W - 1 additions of shifted copies (zero before the start)."""
-    t = x.shape[1]
-    xp = _pad_time(x, window - 1, 0)
-    s = x
-    for i in range(1, window):
-        s = s + xp[:, window - 1 - i : window - 1 - i + t]
-    return s
-
-
-def _blocked_window_sum(x: Tensor, window: int) -> Tensor:
-    """Causal window sums from prefix and suffix sums restarted every W tokens.
-
-    Token i of block n sees tokens 0..i of its own block (a prefix sum within block n) and
-    tokens i+1..W-1 of block n-1 (a suffix sum within block n-1). Both are plain sums of at
-    most W entries of the window itself: nothing is subtracted, so the round-off is relative
-    to the window's own entries, does not grow with t, and entries outside the window
-    (however large) have no effect at all. A suffix sum taken as block total minus prefix
-    would let a large entry just before the window leak its round-off into the window.
+    The Fastformer pooling (spec "Fastformer"): w [b, t, h] are its pooling weights alpha,
+    x [b, t, h, d] the pooled stream. Same window, decay and impl semantics as
+    `leap_window_sums`, which computes the same average for two streams at once.
     """
-    b, t, *rest = x.shape
-    n = -(-t // window)
-    xb = _pad_time(x, 0, n * window - t).reshape(b, n, window, *rest)  # [b, n, W, ...]
-    prefix = xb.cumsum(2)  # entries 0..i of each block
-    suffix = xb.flip(2).cumsum(2).flip(2)  # entries i..W-1 of each block
-    # Entries i+1..W-1 of the previous block: suffix shifted by one slot and by one block,
-    # zero for block 0 and for slot W - 1 (whose window is its whole own block).
-    carried = F.pad(suffix[:, :-1, 1:], (0, 0) * len(rest) + (0, 1, 1, 0))
-    return (prefix + carried).reshape(b, n * window, *rest)[:, :t]
+    _check_inputs("leap_window_pool", w, {"x": x}, window, decay, impl)
+    (xbar,), _ = _focus_averages(w, [x], window, causal, decay, impl, eps)
+    return xbar
 
 
-def _pad_time(x: Tensor, before: int, after: int) -> Tensor:
-    """Zero-pad dim 1 (time) of x [b, t, ...]."""
-    if before == 0 and after == 0:
-        return x
-    return F.pad(x, (0, 0) * (x.dim() - 2) + (before, after))
+def _focus_averages(
+    w: Tensor,
+    streams: list[Tensor],
+    window: int | None,
+    causal: bool,
+    decay: Tensor | None,
+    impl: str,
+    eps: float,
+) -> tuple[list[Tensor], Tensor]:
+    """S(Z) / (S(1) + eps) for every Z in streams, and S(1), with one window sum for all."""
+    acc = _accumulation_dtype(w, *streams)
+    wa = w.to(torch.float64 if impl == "reference" else acc).unsqueeze(-1)
+    # One pass for all sums: [w Z_1 | w Z_2 | ... | w] along the last dim.
+    x = torch.cat([wa * stream.to(wa.dtype) for stream in streams] + [wa], dim=-1)  # [b, t, h, n d + 1]
+    s = window_sum(x, window, causal=causal, decay=decay, impl=impl)
+    *sums, z = s.split([stream.shape[-1] for stream in streams] + [1], dim=-1)
+    denom = z + eps
+    return [(s_z / denom).to(stream.dtype) for s_z, stream in zip(sums, streams)], z.squeeze(-1).to(acc)
+
+
+def alibi_decay(num_heads: int) -> Tensor:
+    """Fixed per-head decay gamma_h = exp(-m_h), m_h = 2^(-8 h / H), h = 1..H: [H], fp32.
+
+    ALiBi (Press et al. 2022) adds -m_h (t - j) to a softmax logit, which multiplies the
+    unnormalised weight exp(logit) by gamma_h^(t-j): exactly the decay of the focus weights
+    here (for the exp focus it is ALiBi itself). Head 1 fades fastest (gamma = exp(-2^(-8/H))),
+    head H slowest (exp(-1/256), about 256 tokens). Departure: ALiBi interleaves the slopes of
+    the next power of two when H is not one; the geometric formula is used for every H.
+    """
+    if num_heads < 1:
+        raise ValueError(f"num_heads must be a positive int; got {num_heads}")
+    h = torch.arange(1, num_heads + 1, dtype=torch.float64)
+    return torch.exp(-(2.0 ** (-8.0 * h / num_heads))).float()
 
 
 def _accumulation_dtype(*tensors: Tensor) -> torch.dtype:
     return torch.float64 if any(x.dtype == torch.float64 for x in tensors) else torch.float32
 
 
-def _check_inputs(w: Tensor, k: Tensor, v: Tensor, window: int | None, impl: str) -> None:
-    if k.dim() != 4 or k.shape != v.shape or w.shape != k.shape[:-1]:
+def _check_inputs(
+    op: str, w: Tensor, streams: dict[str, Tensor], window: int | None, decay: Tensor | None, impl: str
+) -> None:
+    names = ", ".join(streams)
+    shapes = ", ".join(f"{name} {tuple(z.shape)}" for name, z in streams.items())
+    z = next(iter(streams.values()))
+    if z.dim() != 4 or any(s.shape != z.shape for s in streams.values()) or w.shape != z.shape[:-1]:
         raise ValueError(
-            f"leap_window_sums expects w [b, t, h] and k, v [b, t, h, d]; got w "
-            f"{tuple(w.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+            f"{op} expects w [b, t, h] and {names} [b, t, h, d]; got w {tuple(w.shape)}, {shapes}"
         )
     if window is not None and window < 1:
         raise ValueError(f"window must be None (global) or a positive int; got {window}")
     if impl not in IMPLS:
         raise ValueError(f"unknown impl {impl!r}; choose one of {', '.join(IMPLS)}")
+    _check_decay(decay, w.shape[-1])
 
 
-def _norm_headdim(x: Tensor, eps: float = 1e-5) -> Tensor:
+def _check_decay(decay: Tensor | None, num_heads: int) -> None:
+    if decay is None:
+        return
+    if decay.shape != (num_heads,):
+        raise ValueError(f"decay must be one gamma per head, shape ({num_heads},); got {tuple(decay.shape)}")
+    if decay.device.type == "cpu" and not bool(((decay > 0) & (decay <= 1)).all()):
+        raise ValueError(f"decay values must lie in (0, 1] (e.g. alibi_decay(num_heads)); got {decay}")
+
+
+def norm_headdim(x: Tensor, eps: float = 1e-5) -> Tensor:
     """(x - mean) / (std + eps) over the head dim, no parameters.
 
     The std is the population std (correction 0): then |Norm(a)|^2 <= d, so
@@ -222,7 +188,7 @@ def _norm_headdim(x: Tensor, eps: float = 1e-5) -> Tensor:
     return (x - mean) / (std + eps)
 
 
-def _dot_headdim(a: Tensor, b: Tensor) -> Tensor:
+def dot_headdim(a: Tensor, b: Tensor) -> Tensor:
     """a . b over the head dim in fp32 (fp64 for fp64 inputs): [b, t, h, d] -> [b, t, h]."""
     acc = _accumulation_dtype(a, b)
     return einsum(a.to(acc), b.to(acc), "... d, ... d -> ...")
@@ -230,7 +196,7 @@ def _dot_headdim(a: Tensor, b: Tensor) -> Tensor:
 
 def leap_logit_elu(f: Tensor, k: Tensor) -> Tensor:
     """l = (F . K) / sqrt(d): [b, t, h, d] x2 -> [b, t, h], fp32. Dropout on l goes here."""
-    return _dot_headdim(f, k) / math.sqrt(k.shape[-1])
+    return dot_headdim(f, k) / math.sqrt(k.shape[-1])
 
 
 def leap_weights_elu(f: Tensor, k: Tensor) -> Tensor:
@@ -240,7 +206,7 @@ def leap_weights_elu(f: Tensor, k: Tensor) -> Tensor:
 
 def leap_logit_exp(f: Tensor, k: Tensor, rescale: float) -> Tensor:
     """l = Norm(F) . Norm(K) * rescale / d, |l| <= rescale: [b, t, h], fp32."""
-    return _dot_headdim(_norm_headdim(f), _norm_headdim(k)) * (rescale / k.shape[-1])
+    return dot_headdim(norm_headdim(f), norm_headdim(k)) * (rescale / k.shape[-1])
 
 
 def leap_weights_exp(f: Tensor, k: Tensor, rescale: float) -> Tensor:
@@ -250,12 +216,12 @@ def leap_weights_exp(f: Tensor, k: Tensor, rescale: float) -> Tensor:
 
 def leap_gate_elu(q: Tensor, kbar: Tensor) -> Tensor:
     """Query gate a = sigmoid((Q . Kbar) / sqrt(d)): [b, t, h] in q's dtype."""
-    return torch.sigmoid(_dot_headdim(q, kbar) / math.sqrt(q.shape[-1])).to(q.dtype)
+    return torch.sigmoid(dot_headdim(q, kbar) / math.sqrt(q.shape[-1])).to(q.dtype)
 
 
 def leap_gate_exp(q: Tensor, kbar: Tensor, rescale: float) -> Tensor:
     """Query gate of the exp focus a = sigmoid(Norm(Q) . Kbar * rescale / d), in q's dtype."""
-    logit = _dot_headdim(_norm_headdim(q), kbar) * (rescale / q.shape[-1])
+    logit = dot_headdim(norm_headdim(q), kbar) * (rescale / q.shape[-1])
     return torch.sigmoid(logit).to(q.dtype)
 
 
@@ -266,17 +232,20 @@ class LeapState:
     sum_k, sum_v [b, h, d] and z [b, h]: the window sums S(K), S(V), S(1) of the last token.
     Windowed layers (window not None) also keep the last W entries, oldest first:
     last_w [b, W, h], last_k and last_v [b, W, h, d] (zeros before the first W tokens).
-    count: tokens seen so far.
+    decay: gamma [h] of the decay positions, or None. count: tokens seen so far.
+    A single-stream state (num_streams=1, advanced by `leap_pool_step`) keeps S(x) in sum_k
+    and last_k, and has sum_v = last_v = None.
     """
 
     sum_k: Tensor
-    sum_v: Tensor
+    sum_v: Tensor | None
     z: Tensor
     window: int | None = None
     last_w: Tensor | None = None
     last_k: Tensor | None = None
     last_v: Tensor | None = None
     count: int = 0
+    decay: Tensor | None = None
 
 
 def leap_state_init(
@@ -286,21 +255,33 @@ def leap_state_init(
     window: int | None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    *,
+    decay: Tensor | None = None,
+    num_streams: int = 2,
 ) -> LeapState:
-    """An empty state: zero sums, and for window W all-zero buffers of W entries."""
+    """An empty state: zero sums, and for window W all-zero buffers of W entries.
+
+    decay: gamma [h] in (0, 1], or None. num_streams: 2 (keys and values, for
+    `leap_recurrent_step`) or 1 (one pooled stream, for `leap_pool_step`).
+    """
     if window is not None and window < 1:
         raise ValueError(f"window must be None (global) or a positive int; got {window}")
+    if num_streams not in (1, 2):
+        raise ValueError(f"num_streams must be 2 (keys and values) or 1 (pooling); got {num_streams}")
+    _check_decay(decay, num_heads)
     b, h, d = batch_size, num_heads, head_dim
+    two = num_streams == 2
     state = LeapState(
         sum_k=torch.zeros(b, h, d, device=device, dtype=dtype),
-        sum_v=torch.zeros(b, h, d, device=device, dtype=dtype),
+        sum_v=torch.zeros(b, h, d, device=device, dtype=dtype) if two else None,
         z=torch.zeros(b, h, device=device, dtype=dtype),
         window=window,
+        decay=None if decay is None else decay.to(device=device, dtype=dtype),
     )
     if window is not None:
         state.last_w = torch.zeros(b, window, h, device=device, dtype=dtype)
         state.last_k = torch.zeros(b, window, h, d, device=device, dtype=dtype)
-        state.last_v = torch.zeros(b, window, h, d, device=device, dtype=dtype)
+        state.last_v = torch.zeros(b, window, h, d, device=device, dtype=dtype) if two else None
     return state
 
 
@@ -311,39 +292,76 @@ def leap_recurrent_step(
 
     Advances `state` by replacing its fields with new tensors; no tensor is written in place,
     so autograd can run through a sequence of steps and no earlier output is aliased.
-    Global: the sums grow by w_t K_t, w_t V_t and w_t, O(1) per token.
-    Windowed: the token enters the buffer of the last W entries, the oldest leaves, and the
-    sums are recomputed from the W entries: O(W) per token, constant in the context length,
-    and exact, where subtracting the leaving entry from running sums would let their
-    round-off drift over a long decode (a huge weight leaves its round-off behind forever).
+    Global: the sums fade by gamma (with decay) and grow by w_t K_t, w_t V_t and w_t, O(1)
+    per token. Windowed: the token enters the buffer of the last W entries, the oldest leaves,
+    and the sums are recomputed from the W entries, weighted by gamma^age with decay: O(W)
+    per token, constant in the context length, and exact, where subtracting the leaving entry
+    from running sums would let their round-off drift over a long decode (a huge weight
+    leaves its round-off behind forever).
     """
-    dt = state.z.dtype
-    w, k, v = w_t.to(dt), k_t.to(dt), v_t.to(dt)
-    if state.window is None:
-        state.sum_k = state.sum_k + w.unsqueeze(-1) * k
-        state.sum_v = state.sum_v + w.unsqueeze(-1) * v
-        state.z = state.z + w
-    else:
-        state.last_w = torch.cat([state.last_w[:, 1:], w.unsqueeze(1)], dim=1)
-        state.last_k = torch.cat([state.last_k[:, 1:], k.unsqueeze(1)], dim=1)
-        state.last_v = torch.cat([state.last_v[:, 1:], v.unsqueeze(1)], dim=1)
-        state.sum_k = einsum(state.last_w, state.last_k, "b n h, b n h d -> b h d")
-        state.sum_v = einsum(state.last_w, state.last_v, "b n h, b n h d -> b h d")
-        state.z = state.last_w.sum(1)
-    state.count += 1
+    if state.sum_v is None:
+        raise ValueError("leap_recurrent_step needs a two-stream state; this one is for leap_pool_step")
+    _advance(state, w_t, k_t, v_t)
     denom = state.z.unsqueeze(-1) + eps
     return (state.sum_k / denom).to(k_t.dtype), (state.sum_v / denom).to(v_t.dtype)
 
 
+def leap_pool_step(state: LeapState, w_t: Tensor, x_t: Tensor, eps: float = 1e-5) -> Tensor:
+    """Feed one token to a single-stream state, w_t [b, h], x_t [b, h, d]; returns xbar_t.
+
+    The recurrent form of `leap_window_pool`; see `leap_recurrent_step` for the cost.
+    """
+    if state.sum_v is not None:
+        raise ValueError("leap_pool_step needs a single-stream state: leap_state_init(..., num_streams=1)")
+    _advance(state, w_t, x_t, None)
+    return (state.sum_k / (state.z.unsqueeze(-1) + eps)).to(x_t.dtype)
+
+
+def _advance(state: LeapState, w_t: Tensor, k_t: Tensor, v_t: Tensor | None) -> None:
+    """Add one token to the sums of `state` (v_t None for a single-stream state).
+
+    Autocast is off, as in `window_sum`: the sums stay in the state's dtype.
+    """
+    with torch.autocast(w_t.device.type, enabled=False):
+        _advance_sums(state, w_t, k_t, v_t)
+    state.count += 1
+
+
+def _advance_sums(state: LeapState, w_t: Tensor, k_t: Tensor, v_t: Tensor | None) -> None:
+    dt = state.z.dtype
+    w, k = w_t.to(dt), k_t.to(dt)
+    v = None if v_t is None else v_t.to(dt)
+    if state.window is None:
+        if state.decay is not None:  # every older token fades by gamma per step
+            state.z = state.decay * state.z
+            state.sum_k = state.decay[:, None] * state.sum_k
+            state.sum_v = None if v is None else state.decay[:, None] * state.sum_v
+        state.z = state.z + w
+        state.sum_k = state.sum_k + w.unsqueeze(-1) * k
+        state.sum_v = None if v is None else state.sum_v + w.unsqueeze(-1) * v
+    else:
+        state.last_w = torch.cat([state.last_w[:, 1:], w.unsqueeze(1)], dim=1)
+        state.last_k = torch.cat([state.last_k[:, 1:], k.unsqueeze(1)], dim=1)
+        weights = state.last_w  # [b, W, h], oldest first
+        if state.decay is not None:
+            age = torch.arange(state.window - 1, -1, -1, device=w.device, dtype=dt)  # [W]
+            weights = weights * state.decay ** age[:, None]
+        state.z = weights.sum(1)
+        state.sum_k = einsum(weights, state.last_k, "b n h, b n h d -> b h d")
+        if v is not None:
+            state.last_v = torch.cat([state.last_v[:, 1:], v.unsqueeze(1)], dim=1)
+            state.sum_v = einsum(weights, state.last_v, "b n h, b n h d -> b h d")
+
+
 def leap_recurrent_reference(
-    w: Tensor, k: Tensor, v: Tensor, window: int | None, eps: float = 1e-5
+    w: Tensor, k: Tensor, v: Tensor, window: int | None, eps: float = 1e-5, *, decay: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Causal window sums by stepping `leap_recurrent_step` over t.
 
-    Same contract as `leap_window_sums(w, k, v, window)`: (kbar, vbar, z).
+    Same contract as `leap_window_sums(w, k, v, window, decay=decay)`: (kbar, vbar, z).
     """
     b, t, h, d = k.shape
-    state = leap_state_init(b, h, d, window, k.device, _accumulation_dtype(w, k, v))
+    state = leap_state_init(b, h, d, window, k.device, _accumulation_dtype(w, k, v), decay=decay)
     kbar, vbar, z = [], [], []
     for i in range(t):
         kbar_i, vbar_i = leap_recurrent_step(state, w[:, i], k[:, i], v[:, i], eps)
@@ -354,9 +372,15 @@ def leap_recurrent_reference(
 
 
 def leap_attention_map(
-    w: Tensor, window: int | None, *, causal: bool = True, eps: float = 1e-5
+    w: Tensor,
+    window: int | None,
+    *,
+    causal: bool = True,
+    decay: Tensor | None = None,
+    eps: float = 1e-5,
 ) -> Tensor:
-    """The implicit attention map A [b, h, t, t]: A[t, j] = w_j / (S_t(1) + eps) in the window.
+    """The implicit attention map A [b, h, t, t]: A[t, j] = gamma^|t-j| w_j / (S_t(1) + eps)
+    for j in the window of t (gamma = 1 without decay), else 0.
 
     Row t is the distribution over tokens that Kbar_t and Vbar_t average (A @ V = Vbar); the
     gate a_t scales it. O(t^2) memory: for visualisation, not for training.
@@ -372,5 +396,9 @@ def leap_attention_map(
         in_window = torch.ones(t, t, dtype=torch.bool, device=w.device)
     else:
         in_window = offset.abs() <= window // 2
-    weights = rearrange(w.to(_accumulation_dtype(w)), "b j h -> b h 1 j") * in_window
+    acc = _accumulation_dtype(w)
+    weights = rearrange(w.to(acc), "b j h -> b h 1 j") * in_window
+    if decay is not None:
+        _check_decay(decay, w.shape[-1])
+        weights = weights * decay.to(acc)[:, None, None] ** offset.abs()  # gamma^|t-j| [h, t, t]
     return weights / (weights.sum(-1, keepdim=True) + eps)

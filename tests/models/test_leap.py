@@ -5,19 +5,30 @@ import torch
 
 from seqlab.errors import ConfigError
 from seqlab.layers.leap import MultiheadLeap
+from seqlab.models.fastformer import FastformerConfig, FastformerForCausalLM
 from seqlab.models.generation import generate
 from seqlab.models.leap import LeapConfig, LeapForCausalLM
 
 
-def make(**kw):
+def make(fastformer=False, **kw):
     torch.manual_seed(0)
     base = dict(hidden_size=64, vocab_size=50, n_head=2, n_layer=4, n_positions=48, hidden_dropout_prob=0.0)
     base.update(kw)
+    if fastformer:
+        return FastformerForCausalLM(FastformerConfig(**base)).eval()
     return LeapForCausalLM(LeapConfig(**base)).eval()
 
 
-POSITIONS = [dict(), dict(position="rotary"), dict(position="none"), dict(rescale=10)]
-IDS = ["learned-elu", "rotary", "none", "exp-rescale10"]
+POSITIONS = [
+    dict(),
+    dict(position="rotary"),
+    dict(position="decay"),
+    dict(position="none"),
+    dict(rescale=10),
+    dict(fastformer=True),
+    dict(fastformer=True, position="decay"),
+]
+IDS = ["learned-elu", "rotary", "decay", "none", "exp-rescale10", "fastformer", "fastformer-decay"]
 
 
 def test_seed_usage_example_with_rescale_10_works():
@@ -177,3 +188,15 @@ def test_generation_past_n_positions_with_learned_positions_crops_like_uncached(
     cached = generate(model, x, 60, temperature=0)
     assert cached.shape == (1, 70)
     assert torch.equal(cached, generate(model, x, 60, temperature=0, use_cache=False))
+
+
+def test_explainability_maps_with_decay_positions_match_the_output():
+    torch.manual_seed(0)
+    layer = MultiheadLeap(32, 2, window_size=None, dropout=0.0, decay=True).eval()
+    x = torch.randn(1, 9, 32)
+    out, maps = layer(x, return_maps=True)
+    from einops import rearrange
+
+    _, _, _, v = rearrange(layer.qfkv(x), "b t (four h d) -> four b t h d", four=4, h=2)
+    y = maps["gate"].unsqueeze(-1) * torch.einsum("bhtj,bjhd->bthd", maps["attention"], v)
+    torch.testing.assert_close(layer.proj(rearrange(y, "b t h d -> b t (h d)")), out, atol=1e-5, rtol=1e-5)

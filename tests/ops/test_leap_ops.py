@@ -1,6 +1,7 @@
-"""Tests of seqlab.ops.leap: fast window sums vs the reference loop (outputs and gradients),
-recurrent == parallel, causality and window locality, pads, the attention map, the bf16
-long-sequence numerics of the spec, focus weights and gates.
+"""Tests of seqlab.ops.leap: fast window sums and pooling vs the reference loop (outputs and
+gradients), with and without decay; recurrent == parallel, causality and window locality,
+pads, the attention map, the long-sequence numerics of the spec (bf16, and decay at t = 8192),
+focus weights and gates, ALiBi decay.
 """
 
 import math
@@ -10,19 +11,24 @@ import torch
 import torch.nn.functional as F
 
 from seqlab.ops.leap import (
+    alibi_decay,
     leap_attention_map,
     leap_gate_elu,
     leap_gate_exp,
     leap_logit_exp,
+    leap_pool_step,
     leap_recurrent_reference,
     leap_recurrent_step,
     leap_state_init,
     leap_weights_elu,
     leap_weights_exp,
+    leap_window_pool,
     leap_window_sums,
 )
 
 FAST_IMPLS = ("fast", "blocked", "shifted")
+# Per-head decay for 3 heads: none (gamma = 1), mild, strong (0.3^99 ~ 1e-52).
+GAMMAS = (1.0, 0.9, 0.3)
 
 
 def make_inputs(b, t, h, d, dtype=torch.float64, seed=0, requires_grad=False):
@@ -40,41 +46,84 @@ def resolve_window(window, t):
     return {"t": t, "2t": 2 * t}.get(window, window)
 
 
-def outputs_and_grads(w, k, v, window, causal, impl):
-    kbar, vbar, z = leap_window_sums(w, k, v, window, causal=causal, impl=impl)
+def make_decay(use_decay, dtype=torch.float64, requires_grad=False):
+    if not use_decay:
+        return None
+    return torch.tensor(GAMMAS, dtype=dtype, requires_grad=requires_grad)
+
+
+def outputs_and_grads(op, inputs, decay, window, causal, impl):
+    """Outputs of op ("sums" or "pool") and the gradients of a random projection of them with
+    respect to the inputs and the decay (when it is learned)."""
+    if op == "sums":
+        out = leap_window_sums(*inputs, window, causal=causal, decay=decay, impl=impl)
+    else:
+        out = (leap_window_pool(*inputs, window, causal=causal, decay=decay, impl=impl),)
     gen = torch.Generator().manual_seed(1)
-    upstream = [torch.randn(x.shape, generator=gen, dtype=x.dtype) for x in (kbar, vbar, z)]
-    loss = sum((out * g).sum() for out, g in zip((kbar, vbar, z), upstream))
-    grads = torch.autograd.grad(loss, (w, k, v))
-    return (kbar, vbar, z), grads
+    upstream = [torch.randn(x.shape, generator=gen, dtype=x.dtype) for x in out]
+    loss = sum((o * g).sum() for o, g in zip(out, upstream))
+    wrt = (*inputs, decay) if decay is not None else inputs
+    # W = 1 uses no decay (gamma^0): its gradient is zero, and some impls never touch it.
+    return out, torch.autograd.grad(loss, wrt, allow_unused=True, materialize_grads=True)
 
 
+@pytest.mark.parametrize("op", ["sums", "pool"])
+@pytest.mark.parametrize("use_decay", [False, True], ids=["flat", "decay"])
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
 @pytest.mark.parametrize("window", [1, 2, 3, 5, 16, "t", "2t", None])
 @pytest.mark.parametrize("t, d", [(1, 8), (7, 1), (33, 16), (100, 8), (100, 1)])
-def test_fast_matches_reference_outputs_and_grads(t, d, window, causal):
+def test_fast_matches_reference_outputs_and_grads(t, d, window, causal, use_decay, op):
     window = resolve_window(window, t)
     w, k, v = make_inputs(2, t, 3, d, requires_grad=True)
-    ref_out, ref_grads = outputs_and_grads(w, k, v, window, causal, "reference")
+    inputs = (w, k, v) if op == "sums" else (w, v)
+    decay = make_decay(use_decay, requires_grad=True)
+    ref_out, ref_grads = outputs_and_grads(op, inputs, decay, window, causal, "reference")
     for impl in FAST_IMPLS:
-        out, grads = outputs_and_grads(w, k, v, window, causal, impl)
+        out, grads = outputs_and_grads(op, inputs, decay, window, causal, impl)
         for name, a, b in zip(("kbar", "vbar", "z"), out, ref_out):
             torch.testing.assert_close(a, b, msg=lambda m, n=name, i=impl: f"{i} {n}: {m}")
-        for name, a, b in zip(("dw", "dk", "dv"), grads, ref_grads):
+        for name, a, b in zip(("dw", "dk", "dv", "ddecay"), grads, ref_grads):
             torch.testing.assert_close(a, b, msg=lambda m, n=name, i=impl: f"{i} {n}: {m}")
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+@pytest.mark.parametrize("window", [65, 130, None])
+def test_decay_windows_longer_than_a_chunk_match_reference(window, causal):
+    # Windows and sequences beyond DECAY_CHUNK (64) tokens: chunk carries inside the blocks.
+    w, k, v = make_inputs(1, 301, 3, 2, requires_grad=True)
+    decay = make_decay(True, requires_grad=True)
+    ref_out, ref_grads = outputs_and_grads("sums", (w, k, v), decay, window, causal, "reference")
+    out, grads = outputs_and_grads("sums", (w, k, v), decay, window, causal, "fast")
+    for a, b in zip((*out, *grads), (*ref_out, *ref_grads)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("use_decay", [False, True], ids=["flat", "decay"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
 @pytest.mark.parametrize("window", [3, 16, None])
-def test_fast_fp32_matches_fp64_reference(window, causal):
-    w, k, v = make_inputs(2, 77, 2, 8, dtype=torch.float32)
+def test_fast_fp32_matches_fp64_reference(window, causal, use_decay):
+    w, k, v = make_inputs(2, 77, 3, 8, dtype=torch.float32)
+    decay = make_decay(use_decay, torch.float32)
     w64, k64, v64 = w.double(), k.double(), v.double()
-    ref = leap_window_sums(w64, k64, v64, window, causal=causal, impl="reference")
+    ref = leap_window_sums(w64, k64, v64, window, causal=causal, decay=decay, impl="reference")
     for impl in FAST_IMPLS:
-        out = leap_window_sums(w, k, v, window, causal=causal, impl=impl)
+        out = leap_window_sums(w, k, v, window, causal=causal, decay=decay, impl=impl)
         for a, b in zip(out, ref):
             assert a.dtype == torch.float32
             torch.testing.assert_close(a, b.float())
+
+
+@pytest.mark.parametrize("use_decay", [False, True], ids=["flat", "decay"])
+@pytest.mark.parametrize("impl", [*FAST_IMPLS, "reference"])
+def test_pool_is_the_first_average_of_window_sums(impl, use_decay):
+    w, x, _ = make_inputs(2, 29, 3, 4, dtype=torch.float32)
+    decay = make_decay(use_decay, torch.float32)
+    for window, causal in [(4, True), (None, True), (5, False)]:
+        xbar = leap_window_pool(w, x, window, causal=causal, decay=decay, impl=impl)
+        kbar, _, _ = leap_window_sums(w, x, x, window, causal=causal, decay=decay, impl=impl)
+        torch.testing.assert_close(xbar, kbar, rtol=0, atol=0)
+    xbar = leap_window_pool(w.bfloat16(), x.bfloat16(), 3, impl=impl)
+    assert xbar.dtype == torch.bfloat16 and xbar.shape == x.shape
 
 
 def test_dtypes_low_precision_inputs_keep_their_dtype_and_z_is_fp32():
@@ -89,16 +138,43 @@ def test_dtypes_low_precision_inputs_keep_their_dtype_and_z_is_fp32():
     assert z64.dtype == torch.float64
 
 
-@pytest.mark.parametrize("window", [1, 3, 5, "t", None])
+def pool_recurrent(w, x, window, decay=None):
+    """leap_window_pool by stepping leap_pool_step over t."""
+    b, t, h, d = x.shape
+    state = leap_state_init(b, h, d, window, dtype=torch.float32, decay=decay, num_streams=1)
+    return torch.stack([leap_pool_step(state, w[:, i], x[:, i]) for i in range(t)], 1)
+
+
+@pytest.mark.parametrize("use_decay", [False, True], ids=["flat", "decay"])
+@pytest.mark.parametrize("window", [1, 3, 5, 16, "t", "2t", None])
 @pytest.mark.parametrize("t", [1, 7, 33])
-def test_recurrent_steps_equal_parallel(t, window):
+def test_recurrent_steps_equal_parallel(t, window, use_decay):
     window = resolve_window(window, t)
     w, k, v = make_inputs(2, t, 3, 8, dtype=torch.float32)
-    parallel = leap_window_sums(w, k, v, window)
-    recurrent = leap_recurrent_reference(w, k, v, window)
+    decay = make_decay(use_decay, torch.float32)
+    parallel = leap_window_sums(w, k, v, window, decay=decay)
+    recurrent = leap_recurrent_reference(w, k, v, window, decay=decay)
     for a, b in zip(recurrent, parallel):
         assert a.shape == b.shape and a.dtype == b.dtype
         torch.testing.assert_close(a, b)
+    pooled = pool_recurrent(w, v, window, decay)
+    torch.testing.assert_close(pooled, leap_window_pool(w, v, window, decay=decay))
+
+
+def test_decay_recurrent_state_is_constant_in_context_and_fades_global_sums():
+    b, h, d, gamma = 1, 1, 2, 0.5
+    decay = torch.tensor([gamma])
+    glob = leap_state_init(b, h, d, None, decay=decay)
+    pooled = leap_state_init(b, h, d, 4, decay=decay, num_streams=1)
+    assert pooled.sum_v is None and pooled.last_v is None and pooled.last_k.shape == (b, 4, h, d)
+    ones = torch.ones(b, h, d)
+    for _ in range(30):
+        leap_recurrent_step(glob, torch.ones(b, h), ones, ones)
+        leap_pool_step(pooled, torch.ones(b, h), ones)
+        assert glob.sum_k.shape == (b, h, d) and pooled.last_w.shape == (b, 4, h)
+    # z = sum_{n < 30} gamma^n, and the last 4 only for the window of 4.
+    torch.testing.assert_close(glob.z, torch.full((b, h), (1 - gamma**30) / (1 - gamma)))
+    torch.testing.assert_close(pooled.z, torch.full((b, h), (1 - gamma**4) / (1 - gamma)))
 
 
 def test_recurrent_state_memory_is_constant_in_context():
@@ -130,17 +206,23 @@ def test_recurrent_window_does_not_drift_after_a_huge_entry_leaves():
     torch.testing.assert_close(vbar[:, late], ref[1][:, late].float())
 
 
-@pytest.mark.parametrize("causal_impl", [*FAST_IMPLS, "reference", "recurrent"])
+@pytest.mark.parametrize("use_decay", [False, True], ids=["flat", "decay"])
+@pytest.mark.parametrize("causal_impl", [*FAST_IMPLS, "reference", "recurrent", "pool", "pool-recurrent"])
 @pytest.mark.parametrize("window", [1, 3, 16, None])
-def test_causality_outputs_and_gradients(window, causal_impl):
+def test_causality_outputs_and_gradients(window, causal_impl, use_decay):
     t, s = 40, 17
+    decay = make_decay(use_decay, torch.float32)
 
     def run(w, k, v):
         if causal_impl == "recurrent":
-            return leap_recurrent_reference(w, k, v, window)
-        return leap_window_sums(w, k, v, window, impl=causal_impl)
+            return leap_recurrent_reference(w, k, v, window, decay=decay)
+        if causal_impl == "pool":
+            return (leap_window_pool(w, v, window, decay=decay),)
+        if causal_impl == "pool-recurrent":
+            return (pool_recurrent(w, v, window, decay),)
+        return leap_window_sums(w, k, v, window, decay=decay, impl=causal_impl)
 
-    w, k, v = make_inputs(2, t, 2, 4, dtype=torch.float32, requires_grad=True)
+    w, k, v = make_inputs(2, t, 3, 4, dtype=torch.float32, requires_grad=True)
     out = run(w, k, v)
     future = slice(s + 1, None)
     w2, k2, v2 = (x.detach().clone() for x in (w, k, v))
@@ -152,22 +234,30 @@ def test_causality_outputs_and_gradients(window, causal_impl):
         assert torch.equal(a[:, : s + 1], b[:, : s + 1])
 
     past_loss = sum((o[:, : s + 1] * torch.randn_like(o[:, : s + 1])).sum() for o in out)
-    for g in torch.autograd.grad(past_loss, (w, k, v)):
+    inputs = (w, v) if causal_impl.startswith("pool") else (w, k, v)
+    for g in torch.autograd.grad(past_loss, inputs):
         assert torch.count_nonzero(g[:, future]) == 0
         assert torch.count_nonzero(g[:, : s + 1]) > 0
 
 
+@pytest.mark.parametrize("use_decay", [False, True], ids=["flat", "decay"])
 @pytest.mark.parametrize("impl", [*FAST_IMPLS, "reference"])
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
 @pytest.mark.parametrize("window", [1, 2, 4, 9])
-def test_inputs_outside_the_window_have_no_effect(window, causal, impl):
+def test_inputs_outside_the_window_have_no_effect(window, causal, impl, use_decay):
     t, j = 30, 11
-    w, k, v = make_inputs(1, t, 2, 3, dtype=torch.float32)
+    decay = make_decay(use_decay, torch.float32)
+    w, k, v = make_inputs(1, t, 3, 3, dtype=torch.float32)
     w[:, j] = 1.0
-    out = leap_window_sums(w, k, v, window, causal=causal, impl=impl)
+
+    def run(w, k, v):
+        out = leap_window_sums(w, k, v, window, causal=causal, decay=decay, impl=impl)
+        return (*out, leap_window_pool(w, v, window, causal=causal, decay=decay, impl=impl))
+
+    out = run(w, k, v)
     w2, k2, v2 = w.clone(), k.clone(), v.clone()
     w2[:, j], k2[:, j], v2[:, j] = 7.0, 9.0, -9.0
-    out2 = leap_window_sums(w2, k2, v2, window, causal=causal, impl=impl)
+    out2 = run(w2, k2, v2)
     pos = torch.arange(t)
     if causal:
         sees_j = (pos >= j) & (pos - j < window)
@@ -178,19 +268,21 @@ def test_inputs_outside_the_window_have_no_effect(window, causal, impl):
         assert not torch.equal(a[:, sees_j], b[:, sees_j])
 
 
+@pytest.mark.parametrize("use_decay", [False, True], ids=["flat", "decay"])
 @pytest.mark.parametrize("impl", [*FAST_IMPLS, "reference"])
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
 @pytest.mark.parametrize("window", [3, 8, None])
-def test_pads_contribute_nothing(window, causal, impl):
-    w, k, v = make_inputs(2, 25, 2, 4, dtype=torch.float32)
+def test_pads_contribute_nothing(window, causal, impl, use_decay):
+    decay = make_decay(use_decay, torch.float32)
+    w, k, v = make_inputs(2, 25, 3, 4, dtype=torch.float32)
     pads = torch.zeros(25, dtype=torch.bool)
     pads[[0, 1, 2, 13, 24]] = True
     w[:, pads] = 0.0
-    out = leap_window_sums(w, k, v, window, causal=causal, impl=impl)
+    out = leap_window_sums(w, k, v, window, causal=causal, decay=decay, impl=impl)
     k2, v2 = k.clone(), v.clone()
     k2[:, pads] = 1e4
     v2[:, pads] = -1e4
-    out2 = leap_window_sums(w, k2, v2, window, causal=causal, impl=impl)
+    out2 = leap_window_sums(w, k2, v2, window, causal=causal, decay=decay, impl=impl)
     for a, b in zip(out, out2):
         assert torch.equal(a, b)
     if causal:
@@ -199,14 +291,16 @@ def test_pads_contribute_nothing(window, causal, impl):
         assert torch.equal(out[1][:, :3], torch.zeros_like(out[1][:, :3]))
 
 
+@pytest.mark.parametrize("use_decay", [False, True], ids=["flat", "decay"])
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
 @pytest.mark.parametrize("window", [1, 4, 7, None])
-def test_attention_map_rows_and_products(window, causal):
+def test_attention_map_rows_and_products(window, causal, use_decay):
     t = 21
+    decay = make_decay(use_decay)
     w, k, v = make_inputs(2, t, 3, 5)
     w[:, :2] = 0.0
-    kbar, vbar, z = leap_window_sums(w, k, v, window, causal=causal)
-    attn = leap_attention_map(w, window, causal=causal)
+    kbar, vbar, z = leap_window_sums(w, k, v, window, causal=causal, decay=decay)
+    attn = leap_attention_map(w, window, causal=causal, decay=decay)
     assert attn.shape == (2, 3, t, t)
     torch.testing.assert_close(torch.einsum("bhtj,bjhd->bthd", attn, v), vbar)
     torch.testing.assert_close(torch.einsum("bhtj,bjhd->bthd", attn, k), kbar)
@@ -337,3 +431,71 @@ def test_bad_arguments_raise_clear_errors():
         leap_window_sums(w[..., :1], k, v, 2)
     with pytest.raises(ValueError, match="window"):
         leap_state_init(1, 2, 3, window=0)
+
+
+def test_bad_decay_and_pool_arguments_raise_clear_errors():
+    w, k, v = make_inputs(1, 5, 2, 3)
+    with pytest.raises(ValueError, match=r"decay must be one gamma per head, shape \(2,\)"):
+        leap_window_sums(w, k, v, 2, decay=torch.full((3,), 0.5))
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"\(0, 1\]"):
+            leap_window_pool(w, v, 2, decay=torch.tensor([0.5, bad]))
+    with pytest.raises(ValueError, match=r"w \[b, t, h\] and x \[b, t, h, d\]"):
+        leap_window_pool(w, v[:, :, :1], 2)
+    with pytest.raises(ValueError, match="decay"):
+        leap_state_init(1, 2, 3, None, decay=torch.ones(3))
+    with pytest.raises(ValueError, match="num_streams"):
+        leap_state_init(1, 2, 3, None, num_streams=3)
+    with pytest.raises(ValueError, match="num_streams=1"):
+        leap_pool_step(leap_state_init(1, 2, 3, None), w[:, 0], v[:, 0])
+    with pytest.raises(ValueError, match="two-stream"):
+        leap_recurrent_step(leap_state_init(1, 2, 3, 4, num_streams=1), w[:, 0], k[:, 0], v[:, 0])
+
+
+def test_alibi_decay_is_exp_of_minus_the_geometric_alibi_slopes():
+    torch.testing.assert_close(alibi_decay(4), torch.exp(-torch.tensor([2**-2, 2**-4, 2**-6, 2**-8])))
+    gammas = alibi_decay(12)
+    assert gammas.shape == (12,) and gammas.dtype == torch.float32
+    assert bool((gammas > 0).all()) and bool((gammas < 1).all()) and bool((gammas.diff() > 0).all())
+    torch.testing.assert_close(gammas[-1], torch.tensor(math.exp(-(2**-8))))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("window", [4, 100, None])
+def test_decay_long_sequence_is_finite_accurate_and_error_does_not_grow(window, dtype):
+    # gamma^(t-j) factored as gamma^t / gamma^j would overflow fp32 long before t = 8192 for
+    # every gamma here. The reference is the fp64 recurrence, an independent algorithm.
+    t = 8192
+    decay = torch.tensor([0.05, 0.78, 0.996, 0.9995])
+    gen = torch.Generator().manual_seed(0)
+    w = (F.elu(torch.randn(1, t, 4, generator=gen)) + 1).to(dtype)
+    k = torch.randn(1, t, 4, 8, generator=gen).to(dtype)
+    v = torch.randn(1, t, 4, 8, generator=gen).to(dtype)
+    ref = leap_recurrent_reference(w.double(), k.double(), v.double(), window, decay=decay.double())
+    output_tol = 1e-5 if dtype == torch.float32 else 2**-7 * max(r.abs().max().item() for r in ref[:2])
+    for impl in FAST_IMPLS:
+        out = leap_window_sums(w, k, v, window, decay=decay, impl=impl)
+        for name, a, b in zip(("kbar", "vbar", "z"), out, ref):
+            err = (a.double() - b).abs()
+            if name == "z":
+                err, tol = err / b, 1e-5  # z > 0 (elu + 1 weights), accumulated in fp32
+            else:
+                tol = output_tol
+            first, last = err[:, :64].max().item(), err[:, -64:].max().item()
+            assert err.max().item() <= tol, (impl, name, err.max().item())
+            assert last <= 4 * first + 1e-7, (impl, name, first, last)
+
+
+@pytest.mark.parametrize("window", [3, 16, None])
+def test_sums_stay_fp32_under_bf16_autocast(window):
+    # Autocast would run the decay matmuls and the recurrent einsums in bf16.
+    w, k, v = make_inputs(2, 70, 3, 8, dtype=torch.float32)
+    decay = make_decay(True, torch.float32)
+    expected = leap_window_sums(w, k, v, window, decay=decay)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = leap_window_sums(w, k, v, window, decay=decay)
+        recurrent = leap_recurrent_reference(w, k, v, window, decay=decay)
+    for a, b, c in zip(out, recurrent, expected):
+        assert a.dtype == b.dtype == torch.float32
+        torch.testing.assert_close(a, c)
+        torch.testing.assert_close(b, c)
