@@ -26,6 +26,7 @@ from seqlab.ops.leap import (
     dot_headdim,
     leap_pool_step,
     leap_state_init,
+    leap_state_prefill,
     leap_window_pool,
     norm_headdim,
 )
@@ -106,13 +107,21 @@ class FastformerAttention(nn.Module):
         q_state, k_state = state
         q, k, v = self._split(x)
         alpha = self._pool_weights(q, self.w_q, attention_mask)
+        if q_state.count == 0 and x.shape[1] > 1:
+            # A prompt into empty states: parallel outputs, then both states take the chunk.
+            pooled_q = leap_window_pool(alpha, q, self.window, decay=self.decay, eps=self.eps)
+            p = pooled_q * k
+            beta = self._pool_weights(p, self.w_k, attention_mask)
+            pooled_k = leap_window_pool(beta, p, self.window, decay=self.decay, eps=self.eps)
+            leap_state_prefill(q_state, alpha, q)
+            leap_state_prefill(k_state, beta, p)
+            return self._merge(q, pooled_k * v)
         outs = []
         for i in range(x.shape[1]):
             pooled_q = leap_pool_step(q_state, alpha[:, i], q[:, i], self.eps)
             p = pooled_q * k[:, i]
-            beta = self._pool_weights(
-                p[:, None], self.w_k, None if attention_mask is None else attention_mask[:, i : i + 1]
-            )
+            mask_i = None if attention_mask is None else attention_mask[:, i : i + 1]
+            beta = self._pool_weights(p[:, None], self.w_k, mask_i)
             pooled_k = leap_pool_step(k_state, beta[:, 0], p, self.eps)
             outs.append(pooled_k * v[:, i])
         return self._merge(q, torch.stack(outs, dim=1))

@@ -33,6 +33,7 @@ from seqlab.ops.leap import (
     leap_logit_exp,
     leap_recurrent_step,
     leap_state_init,
+    leap_state_prefill,
     leap_window_sums,
 )
 
@@ -150,12 +151,18 @@ class MultiheadLeap(nn.Module):
         """
         q, f, k, v = self._project(x, rotary, state.count)
         w = self._weights(f, k, attention_mask)
-        ys = []
-        for i in range(x.shape[1]):
-            kbar_i, vbar_i = leap_recurrent_step(state, w[:, i], k[:, i], v[:, i], self.eps)
-            a_i = self._gate(q[:, i], kbar_i)  # [b, h]
-            ys.append(a_i.unsqueeze(-1) * vbar_i)
-        y = torch.stack(ys, dim=1)  # [b, t, h, d]
+        if state.count == 0 and x.shape[1] > 1:
+            # A prompt into an empty state: the parallel form gives its outputs, and the state
+            # takes the whole chunk at once (no per-token loop).
+            kbar, vbar, _ = leap_window_sums(w, k, v, self.window, decay=self.decay, eps=self.eps)
+            leap_state_prefill(state, w, k, v)
+            y = self._gate(q, kbar).unsqueeze(-1) * vbar
+        else:
+            ys = []
+            for i in range(x.shape[1]):
+                kbar_i, vbar_i = leap_recurrent_step(state, w[:, i], k[:, i], v[:, i], self.eps)
+                ys.append(self._gate(q[:, i], kbar_i).unsqueeze(-1) * vbar_i)
+            y = torch.stack(ys, dim=1)  # [b, t, h, d]
         return self.proj(rearrange(y, "b t h d -> b t (h d)"))
 
 

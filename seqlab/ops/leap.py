@@ -58,6 +58,7 @@ __all__ = [
     "leap_recurrent_reference",
     "leap_recurrent_step",
     "leap_state_init",
+    "leap_state_prefill",
     "leap_weights_elu",
     "leap_weights_exp",
     "leap_window_pool",
@@ -351,6 +352,49 @@ def _advance_sums(state: LeapState, w_t: Tensor, k_t: Tensor, v_t: Tensor | None
         if v is not None:
             state.last_v = torch.cat([state.last_v[:, 1:], v.unsqueeze(1)], dim=1)
             state.sum_v = einsum(weights, state.last_v, "b n h, b n h d -> b h d")
+
+
+def leap_state_prefill(state: LeapState, w: Tensor, k: Tensor, v: Tensor | None = None) -> None:
+    """Feed a chunk of tokens w [b, t, h], k and v [b, t, h, d] into `state` at once.
+
+    The same state as t calls of `leap_recurrent_step` (or `leap_pool_step` with v None), in
+    O(t) vectorized work: a prompt is read in parallel, then decoding continues one token at a
+    time. Global: S <- gamma^t S + sum_j gamma^(t-1-j) w_j Z_j. Windowed: the last W entries
+    of the old buffer and the chunk, sums recomputed from them.
+    """
+    if (v is None) != (state.sum_v is None):
+        raise ValueError("leap_state_prefill: give v exactly when the state has two streams")
+    t = w.shape[1]
+    with torch.autocast(w.device.type, enabled=False):
+        dt = state.z.dtype
+        w, k = w.to(dt), k.to(dt)
+        v = None if v is None else v.to(dt)
+        if state.window is None:
+            weights = w
+            if state.decay is not None:
+                age = torch.arange(t - 1, -1, -1, device=w.device, dtype=dt)  # [t]
+                weights = w * state.decay ** age[:, None]
+                fade = state.decay**t
+                state.z, state.sum_k = fade * state.z, fade[:, None] * state.sum_k
+                state.sum_v = None if v is None else fade[:, None] * state.sum_v
+            state.z = state.z + weights.sum(1)
+            state.sum_k = state.sum_k + einsum(weights, k, "b t h, b t h d -> b h d")
+            if v is not None:
+                state.sum_v = state.sum_v + einsum(weights, v, "b t h, b t h d -> b h d")
+        else:
+            n = state.window
+            state.last_w = torch.cat([state.last_w, w], dim=1)[:, -n:]
+            state.last_k = torch.cat([state.last_k, k], dim=1)[:, -n:]
+            weights = state.last_w
+            if state.decay is not None:
+                age = torch.arange(n - 1, -1, -1, device=w.device, dtype=dt)
+                weights = weights * state.decay ** age[:, None]
+            state.z = weights.sum(1)
+            state.sum_k = einsum(weights, state.last_k, "b n h, b n h d -> b h d")
+            if v is not None:
+                state.last_v = torch.cat([state.last_v, v], dim=1)[:, -n:]
+                state.sum_v = einsum(weights, state.last_v, "b n h, b n h d -> b h d")
+    state.count += t
 
 
 def leap_recurrent_reference(

@@ -499,3 +499,31 @@ def test_sums_stay_fp32_under_bf16_autocast(window):
         assert a.dtype == b.dtype == torch.float32
         torch.testing.assert_close(a, c)
         torch.testing.assert_close(b, c)
+
+
+@pytest.mark.parametrize("window", [1, 3, 5, 40, None])
+@pytest.mark.parametrize("decay", [False, True], ids=["plain", "decay"])
+@pytest.mark.parametrize("streams", [2, 1])
+def test_state_prefill_equals_feeding_tokens_one_by_one(window, decay, streams):
+    from seqlab.ops.leap import alibi_decay, leap_pool_step, leap_state_prefill
+
+    torch.manual_seed(0)
+    b, t, h, d = 2, 23, 3, 4
+    w, k, v = torch.rand(b, t, h), torch.randn(b, t, h, d), torch.randn(b, t, h, d)
+    gamma = alibi_decay(h) if decay else None
+    stepped = leap_state_init(b, h, d, window, decay=gamma, num_streams=streams)
+    chunked = leap_state_init(b, h, d, window, decay=gamma, num_streams=streams)
+    for i in range(t):
+        if streams == 2:
+            leap_recurrent_step(stepped, w[:, i], k[:, i], v[:, i])
+        else:
+            leap_pool_step(stepped, w[:, i], k[:, i])
+    # Two chunks: an empty state, then a non-empty one.
+    leap_state_prefill(chunked, w[:, :9], k[:, :9], v[:, :9] if streams == 2 else None)
+    leap_state_prefill(chunked, w[:, 9:], k[:, 9:], v[:, 9:] if streams == 2 else None)
+    assert chunked.count == stepped.count == t
+    for name in ("sum_k", "sum_v", "z", "last_w", "last_k", "last_v"):
+        a, b_ = getattr(chunked, name), getattr(stepped, name)
+        assert (a is None) == (b_ is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b_, atol=1e-5, rtol=1e-5)
