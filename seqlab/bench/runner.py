@@ -419,11 +419,13 @@ def run_bench(
 ) -> dict[str, Any]:
     """Run `cases`, write results.json and results.md into `out_dir`, return the report."""
     out_dir = Path(out_dir)
-    results = run_cases(cases, settings, out_dir, log)
     _, device = setup_device(settings.device)
     dtypes = list(dict.fromkeys(c.dtype for c in cases))
+    # Before the cases run: the commit and date are those of the code that is measured.
+    env = environment(device, dtypes, settings.peak_sizes, command)
+    results = run_cases(cases, settings, out_dir, log)
     report = {
-        "environment": environment(device, dtypes, settings.peak_sizes, command),
+        "environment": env,
         "settings": {**asdict(settings), "recipe": list(RECIPE), "out_dir": str(out_dir)},
         "cases": results,
         "comparisons": comparisons(results),
