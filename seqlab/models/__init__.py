@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from seqlab.config import coerce, from_dict, to_dict, unknown_key_error
 from seqlab.errors import ConfigError
-from seqlab.models import fastformer, gpt, leap
+from seqlab.models import fastformer, gpt, leap, lfm
 from seqlab.models import xtransformers as xt
 from seqlab.models.output import ModelOutput
 
@@ -36,6 +36,9 @@ MODELS: dict[str, ModelEntry] = {
         fastformer.PRESETS,
         "lm",
         "Fastformer additive attention (LEAP repo legacy), windowed + recurrent",
+    ),
+    "lfm": ModelEntry(
+        lfm.LFMConfig, lfm.LFMForCausalLM, lfm.PRESETS, "lm", "LFModel: adaptive mixing + entropy MoE"
     ),
 }
 

@@ -1,0 +1,131 @@
+"""LFModel (the seed's API) and the "lfm" language model: the seed's usage, lifted dimension
+constraints, causality, aux losses and metrics in ModelOutput, and a short training run.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seqlab.errors import ConfigError
+from seqlab.models import MODELS, build_config, build_model
+from seqlab.models.generation import generate
+from seqlab.models.lfm import LFMConfig, LFMForCausalLM, LFModel
+from seqlab.ops.entropy import entropy_regularization_loss
+
+# The seed's hyperparameters.json and training.json shapes.
+SEED_HPARAMS = dict(
+    token_dim=64, channel_dim=64, expert_dim=64, adapt_dim=32, num_experts=4, lambda_entropy=0.01
+)
+
+
+def test_seed_usage_mse_plus_entropy_regularization():
+    torch.manual_seed(0)
+    model = LFModel(**SEED_HPARAMS)
+    x, target = torch.randn(16, 10, 64), torch.randn(16, 10, 64)
+    y = model(x)
+    assert isinstance(y, torch.Tensor) and y.shape == (16, 10, 64)
+    mse = F.mse_loss(y, target)
+    loss = entropy_regularization_loss(model, mse)
+    aux = model.aux_losses()
+    assert set(aux) == {"moe0/entropy"}
+    torch.testing.assert_close(loss, mse + aux["moe0/entropy"])
+    loss.backward()
+    assert model.blocks[0].moe.router.weight.grad.abs().sum() > 0
+    assert torch.isfinite(loss) and float(y.detach().std()) < 10  # defect 5: no exploding activations
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_dimension_constraints_are_lifted(causal):
+    # The seed needed token_dim == channel_dim == expert_dim; any combination works here.
+    model = LFModel(24, 40, 16, 8, 3, num_layers=2, causal=causal, max_seq_len=12, num_heads=2, top_k=2)
+    x = torch.randn(3, 7, 24)
+    assert model(x).shape == (3, 7, 24)
+    assert model.adapt_input(x).shape == ((3, 7, 8) if causal else (3, 8))
+    assert set(model.metrics()) >= {"moe0/h_sample", "moe1/h_usage", "moe1/load2"}
+
+
+def test_lfmodel_errors_name_the_problem():
+    model = LFModel(8, 8, 8, 4, 2, max_seq_len=6)
+    with pytest.raises(ValueError, match="max_seq_len 6"):
+        model(torch.randn(1, 7, 8))
+    with pytest.raises(ValueError, match="token_dim=8"):
+        model(torch.randn(1, 5, 9))
+    with pytest.raises(ConfigError, match="positive"):
+        LFModel(8, 0, 8, 4, 2)
+
+
+@pytest.mark.parametrize("moe", [dict(), dict(gate="token", top_k=2)], ids=["sequence-dense", "token-top2"])
+def test_causal_lfmodel_future_does_not_change_past(moe):
+    torch.manual_seed(0)
+    model = LFModel(16, 16, 16, 8, 4, num_layers=2, max_seq_len=16, num_heads=2, **moe).eval()
+    x = torch.randn(2, 12, 16)
+    y = model(x)
+    x2 = x.clone()
+    x2[:, 7:] = torch.randn(2, 5, 16) * 3
+    torch.testing.assert_close(model(x2)[:, :7], y[:, :7])
+    assert (model(x2)[:, 7:] - y[:, 7:]).abs().max() > 1e-3
+
+
+def make_lm(**kw):
+    torch.manual_seed(0)
+    return build_model("lfm", "tiny", vocab_size=65, **kw)
+
+
+def test_presets_match_gpt_and_config_checks():
+    for name in ("tiny", "baby", "small"):
+        for key in ("dim", "num_layers", "max_seq_len"):
+            assert MODELS["lfm"].presets[name][key] == MODELS["gpt"].presets[name][key]
+    with pytest.raises(ConfigError, match="top_k"):
+        LFMConfig(num_experts=2, top_k=3)
+    with pytest.raises(ConfigError, match="gate"):
+        build_config("lfm", "tiny", gate="batch")
+    with pytest.raises(ConfigError, match="divisible"):
+        LFMConfig(dim=30, num_heads=4)
+
+
+@pytest.mark.parametrize(
+    "moe", [dict(), dict(gate="token", top_k=2, load_balance_coef=0.01, z_loss_coef=1e-3)]
+)
+def test_lm_logits_are_causal_and_output_carries_moe_terms(moe):
+    model = make_lm(**moe).eval()
+    ids = torch.randint(0, 65, (2, 20))
+    out = model(ids, targets=torch.randint(0, 65, (2, 20)))
+    assert out.logits.shape == (2, 20, 65) and torch.isfinite(out.loss)
+    ids2 = ids.clone()
+    ids2[:, 11:] = (ids2[:, 11:] + 7) % 65
+    torch.testing.assert_close(model(ids2).logits[:, :11], out.logits[:, :11])
+    expected_aux = {"entropy"} | ({"load_balance", "z_loss"} if moe else set())
+    assert set(out.aux_losses) == {f"moe{i}/{k}" for i in range(2) for k in expected_aux}
+    for i in range(2):
+        keys = {f"moe{i}/h_sample", f"moe{i}/h_usage"} | {f"moe{i}/load{e}" for e in range(4)}
+        assert keys <= set(out.metrics)
+    assert all(v.dim() == 0 for v in out.metrics.values())
+    torch.testing.assert_close(out.total_loss(), out.loss + sum(out.aux_losses.values()))
+
+
+def test_lm_loss_decreases_on_a_fixed_batch():
+    model = make_lm()
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 65, (4, 33), generator=gen)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        out = model(ids[:, :-1], targets=ids[:, 1:])
+        loss = out.total_loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(out.loss.detach()))
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_lm_generates_and_rejects_long_or_bad_inputs():
+    model = make_lm()
+    out = generate(model, torch.zeros(1, 3, dtype=torch.long), 40, temperature=0)
+    assert out.shape == (1, 43)  # prefix cropped to max_seq_len (32) as it grows
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model(torch.zeros(1, 33, dtype=torch.long))
+    with pytest.raises(ValueError, match="vocab_size"):
+        model(torch.full((1, 4), 65))
+    assert isinstance(model, LFMForCausalLM) and model.head.weight is model.embed.weight
