@@ -200,3 +200,22 @@ def test_explainability_maps_with_decay_positions_match_the_output():
     _, _, _, v = rearrange(layer.qfkv(x), "b t (four h d) -> four b t h d", four=4, h=2)
     y = maps["gate"].unsqueeze(-1) * torch.einsum("bhtj,bjhd->bthd", maps["attention"], v)
     torch.testing.assert_close(layer.proj(rearrange(y, "b t h d -> b t (h d)")), out, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("window", [1, 3, 7, None])
+@pytest.mark.parametrize(
+    "focus", [dict(), dict(focus="exp", rescale=10.0), dict(decay=True)], ids=["elu", "exp", "decay"]
+)
+def test_layer_recurrent_step_equals_parallel_forward(window, focus):
+    torch.manual_seed(0)
+    layer = MultiheadLeap(64, 2, window_size=window, dropout=0.0, **focus).eval()
+    x = torch.randn(2, 19, 64)
+    state = layer.init_state(2)
+    stepped = torch.cat(
+        [layer.step(x[:, :1], state)] + [layer.step(x[:, i : i + 1], state) for i in range(1, 19)], 1
+    )
+    torch.testing.assert_close(stepped, layer(x), atol=1e-5, rtol=1e-5)
+    if window is not None:
+        assert state.last_k.shape[1] == window  # O(W) state
+    else:
+        assert state.last_k is None and state.sum_k.shape == (2, 2, 32)  # O(1) state
