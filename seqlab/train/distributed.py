@@ -58,3 +58,16 @@ def mean_across(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def gather_rng_states(info: DistInfo) -> list[torch.Tensor]:
+    """Every rank's CPU RNG state (dropout streams differ per rank), in rank order.
+
+    A collective: all ranks must call it together.
+    """
+    state = torch.get_rng_state()
+    if not info.enabled:
+        return [state]
+    states: list = [None] * info.world_size
+    dist.all_gather_object(states, state)
+    return states

@@ -201,14 +201,14 @@ def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
         "torch_version": torch.__version__,
     }
 
-    def save(is_best: bool, val_loss: float | None):
+    def save(is_best: bool, val_loss: float | None, torch_rng: list | None = None):
+        """Rank 0 writes; `torch_rng` holds every rank's RNG state when the caller gathered them."""
         if not info.is_main:
             return
-        torch_rng = [torch.get_rng_state()]  # per-rank dropout RNGs are not gathered: rank 0's is kept
         trainer_state = {
             "optimizer": optimizer.state_dict(),
             "data_rng": data_gen.get_state(),
-            "torch_rng": torch_rng,
+            "torch_rng": torch_rng or [torch.get_rng_state()],
             "step": step,
             "best_val": best_val,
             "last_eval_step": last_eval_step,
@@ -221,6 +221,7 @@ def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
     def run_eval():
         nonlocal best_val, last_eval_step
         result = None
+        rng = distributed.gather_rng_states(info)
         if info.is_main:
             result = evaluate(model, task, cfg, device, autocast)
             if not math.isfinite(result["loss"]):
@@ -236,7 +237,7 @@ def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
             for cb in callbacks:
                 if hasattr(cb, "on_eval"):
                     cb.on_eval(step, result, model)
-            save(is_best, result["loss"])
+            save(is_best, result["loss"], rng)
             plot_loss_curve(
                 run_dir / "metrics.jsonl",
                 run_dir / "loss_curve.png",
@@ -260,7 +261,7 @@ def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
             if step % t.eval_interval == 0 and step != last_eval_step:
                 last_val = run_eval()
             elif t.checkpoint_interval and step % t.checkpoint_interval == 0 and step > 0:
-                save(False, None)
+                save(False, None, distributed.gather_rng_states(info))
             lr = lr_at(step, t.lr, t.min_lr, t.warmup_iters, decay_iters)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -326,6 +327,8 @@ def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
         stopped = "interrupted"
         if info.is_main:
             print(f"\nseqlab: interrupted at step {step}; saving a checkpoint to resume from.")
+        # No collective here (the other processes may not have been interrupted together), so
+        # only rank 0's dropout RNG is saved; an evaluation-time checkpoint keeps every rank's.
         save(False, None)
         bar.close()
         raise
