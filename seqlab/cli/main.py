@@ -25,6 +25,7 @@ def _train_overrides(args) -> list[str]:
         ("device", "train.device"),
         ("batch_size", "train.batch_size"),
         ("run_dir", "run_dir"),
+        ("task", "task"),
         ("seed", "train.seed"),
         ("lr", "train.lr"),
     ):
@@ -92,7 +93,8 @@ def cmd_models(args) -> int:
     for name, entry in MODELS.items():
         for preset in entry.presets:
             try:
-                n = f"{count_parameters(build_model(name, preset, vocab_size=args.vocab_size)) / 1e6:.2f}M"
+                sizes = {"vocab_size": args.vocab_size} if entry.task == "lm" else {}
+                n = f"{count_parameters(build_model(name, preset, **sizes)) / 1e6:.2f}M"
             except ImportError as e:  # an optional peer whose extra is not installed
                 n = "n/a"
                 print(f"({name}: {e})", file=sys.stderr)
@@ -147,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", help="registered model name (see `seqlab models`)")
     t.add_argument("--preset", help="model preset: tiny | baby | small")
     t.add_argument("--data", help="text file, folder, or hf:<dataset>; default: embedded corpus")
+    t.add_argument("--task", help="lm | forecast (default: the model's own task)")
     t.add_argument("--tokenizer", help="char | byte | bpe")
     t.add_argument("--max-iters", type=int)
     t.add_argument("--max-time", type=float, help="seconds of training, then save and stop")

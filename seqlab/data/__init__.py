@@ -1,13 +1,15 @@
-"""seqlab.data: corpora and tokenizers.
+"""seqlab.data: corpora, tokenizers and time series.
 
 Depends on nothing else in seqlab but `seqlab.errors`. Typical use:
 
     text = load_corpus()                     # embedded Shakespeare, or a path, or "hf:..."
     tokenizer = build_tokenizer("char", text)
     train_ids, val_ids = split_ids(encode_corpus(text, tokenizer), val_fraction=0.1)
+    values = load_series("sunspots")         # [t, features]: a built-in series or a CSV file
 """
 
 from seqlab.data.corpus import default_corpus, load_corpus, play_to_text
+from seqlab.data.series import BUILTIN_SERIES, SeriesData, load_series, read_series
 from seqlab.data.splits import check_length, encode_corpus, split_ids
 from seqlab.data.tokenizer import (
     TOKENIZER_KINDS,
@@ -21,18 +23,22 @@ from seqlab.data.tokenizer import (
 )
 
 __all__ = [
+    "BUILTIN_SERIES",
     "TOKENIZER_KINDS",
     "BPETokenizer",
     "ByteTokenizer",
     "CharTokenizer",
+    "SeriesData",
     "Tokenizer",
     "build_tokenizer",
     "check_length",
     "default_corpus",
     "encode_corpus",
     "load_corpus",
+    "load_series",
     "load_tokenizer",
     "play_to_text",
+    "read_series",
     "split_ids",
     "tokenizer_from_dict",
 ]

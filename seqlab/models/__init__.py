@@ -40,6 +40,9 @@ MODELS: dict[str, ModelEntry] = {
     "lfm": ModelEntry(
         lfm.LFMConfig, lfm.LFMForCausalLM, lfm.PRESETS, "lm", "LFModel: adaptive mixing + entropy MoE"
     ),
+    "lfm_series": ModelEntry(
+        lfm.LFMSeriesConfig, lfm.LFMForecaster, lfm.PRESETS, "forecast", "LFModel next-value forecaster (MSE)"
+    ),
 }
 
 

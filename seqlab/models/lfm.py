@@ -45,6 +45,7 @@ from seqlab.layers.adaptive import GENERATORS
 from seqlab.layers.embedding import check_token_ids
 from seqlab.layers.mixing import ChannelMixing, TokenMixing
 from seqlab.layers.moe import GATES, MixtureOfExperts
+from seqlab.layers.series import SeriesModel
 from seqlab.models.output import ModelOutput, lm_loss
 from seqlab.ops.entropy import ENTROPY_MODES
 from seqlab.ops.moe import DISPATCH_IMPLS
@@ -244,32 +245,37 @@ class LFModel(nn.Module):
         return {f"moe{i}/{k}": v for i, b in enumerate(self.blocks) for k, v in b.moe.last_metrics.items()}
 
 
+def build_backbone(cfg: LFMConfig) -> LFModel:
+    """The causal LFModel that both registered LFM models put between their input and output."""
+    return LFModel(
+        cfg.dim,
+        cfg.channel_dim or cfg.dim,
+        cfg.expert_dim or cfg.dim,
+        cfg.adapt_dim,
+        cfg.num_experts,
+        cfg.lambda_entropy,
+        num_layers=cfg.num_layers,
+        causal=True,
+        max_seq_len=cfg.max_seq_len,
+        num_heads=cfg.num_heads,
+        gate=cfg.gate,
+        top_k=cfg.top_k,
+        entropy_mode=cfg.entropy_mode,
+        load_balance_coef=cfg.load_balance_coef,
+        z_loss_coef=cfg.z_loss_coef,
+        rank=cfg.rank,
+        generator=cfg.generator,
+        impl=cfg.impl,
+    )
+
+
 class LFMForCausalLM(nn.Module):
     def __init__(self, config: LFMConfig):
         super().__init__()
         self.config = cfg = config
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
         nn.init.normal_(self.embed.weight, std=cfg.init_std)
-        self.backbone = LFModel(
-            cfg.dim,
-            cfg.channel_dim or cfg.dim,
-            cfg.expert_dim or cfg.dim,
-            cfg.adapt_dim,
-            cfg.num_experts,
-            cfg.lambda_entropy,
-            num_layers=cfg.num_layers,
-            causal=True,
-            max_seq_len=cfg.max_seq_len,
-            num_heads=cfg.num_heads,
-            gate=cfg.gate,
-            top_k=cfg.top_k,
-            entropy_mode=cfg.entropy_mode,
-            load_balance_coef=cfg.load_balance_coef,
-            z_loss_coef=cfg.z_loss_coef,
-            rank=cfg.rank,
-            generator=cfg.generator,
-            impl=cfg.impl,
-        )
+        self.backbone = build_backbone(cfg)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.head.weight = self.embed.weight
 
@@ -283,4 +289,43 @@ class LFMForCausalLM(nn.Module):
         )
 
 
-__all__ = ["PRESETS", "LFBlock", "LFMConfig", "LFMForCausalLM", "LFModel"]
+@dataclass
+class LFMSeriesConfig(LFMConfig):
+    """LFMConfig for forecasting: num_features series in and out (set by the forecast task);
+    vocab_size and init_std are unused. residual: predict the change from the last value."""
+
+    num_features: int = 1
+    residual: bool = True
+
+
+class LFMForecaster(nn.Module):
+    """ "lfm_series": series features -> dim -> causal LFModel -> next value of every feature.
+
+    x [b, t, f] -> prediction [b, t, f]; with residual=True the untrained model is the naive
+    (last value) forecast, and training has to beat it.
+    """
+
+    def __init__(self, config: LFMSeriesConfig):
+        super().__init__()
+        self.config = cfg = config
+        self.backbone = build_backbone(cfg)
+        self.net = SeriesModel(self.backbone, cfg.num_features, cfg.dim, cfg.residual)
+
+    def forward(self, x: Tensor, targets: Tensor | None = None) -> ModelOutput:
+        pred = self.net(x)  # [b, t, f]
+        loss = torch.nn.functional.mse_loss(pred.float(), targets.float()) if targets is not None else None
+        return ModelOutput(
+            logits=pred, loss=loss, aux_losses=self.backbone.aux_losses(), metrics=self.backbone.metrics()
+        )
+
+
+__all__ = [
+    "PRESETS",
+    "LFBlock",
+    "LFMConfig",
+    "LFMForCausalLM",
+    "LFMForecaster",
+    "LFMSeriesConfig",
+    "LFModel",
+    "build_backbone",
+]

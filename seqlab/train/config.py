@@ -8,7 +8,7 @@ config dataclass when the run is resolved; everything else is checked here.
 from dataclasses import dataclass, field
 from typing import Any
 
-from seqlab.config import dotted_to_nested, from_dict, load_file, merge, to_dict
+from seqlab.config import dotted_to_nested, from_dict, load_file, merge, to_dict, unknown_key_error
 from seqlab.errors import ConfigError
 from seqlab.models import build_config, model_entry
 from seqlab.tasks import TASKS
@@ -54,7 +54,10 @@ class RunConfig:
     model: dict[str, Any] = field(default_factory=lambda: {"name": "gpt", "preset": "baby"})
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    task: str = "lm"
+    task: str | None = None  # None = the model's own task (registry): lm, forecast, ...
+    # Task-specific settings, passed to the task's from_source; each task lists its OPTIONS
+    # (e.g. forecast: column, season, nan).
+    task_options: dict[str, Any] = field(default_factory=dict)
     run_dir: str | None = None  # None = runs/<model>-<preset>
 
 
@@ -64,8 +67,14 @@ DTYPES = ("float32", "bfloat16")
 def validate(cfg: RunConfig) -> RunConfig:
     """Check cross-field constraints and the model section; raise ConfigError naming the key."""
     t = cfg.train
+    if cfg.task is None:
+        cfg.task = model_entry(cfg.model.get("name", "gpt")).task
     if cfg.task not in TASKS:
         raise ConfigError(f"unknown task {cfg.task!r}; choose one of: {', '.join(TASKS)}")
+    options = getattr(TASKS[cfg.task], "OPTIONS", ())
+    for key in cfg.task_options:
+        if key not in options:
+            raise unknown_key_error(key, options, f"task_options of task {cfg.task!r}")
     if t.dtype not in DTYPES:
         raise ConfigError(f"train.dtype must be one of {DTYPES}, got {t.dtype!r}")
     for key in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval"):
@@ -76,7 +85,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     model = dict(cfg.model)
     name = model.pop("name", "gpt")
     preset = model.pop("preset", "tiny")
-    model_entry(name)
+    if model_entry(name).task != cfg.task:
+        raise ConfigError(
+            f"model {name!r} is made for task {model_entry(name).task!r}, not {cfg.task!r}; pick a "
+            f"{cfg.task!r} model (see `seqlab models`) or set task={model_entry(name).task}"
+        )
     build_config(name, preset, **model)  # unknown keys / wrong types raise here, naming the key
     return cfg
 

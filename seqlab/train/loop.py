@@ -61,13 +61,26 @@ def build_task(cfg: RunConfig, block_size: int, tokenizer_state: dict | None = N
         vocab_size=d.vocab_size,
         val_fraction=d.val_fraction,
         tokenizer_state=tokenizer_state,
+        **cfg.task_options,
     )
 
 
 def build_model_for_task(cfg: RunConfig, task):
-    """Model config from the run's model section, with the vocabulary taken from the task."""
+    """Model config from the run's model section, completed by the task.
+
+    The task fixes the vocabulary (vocab_size: at least the tokenizer's) and the values its
+    model_overrides() returns, e.g. a forecast's number of series features (num_features).
+    """
     section = dict(cfg.model)
     name, preset = section.pop("name", "gpt"), section.pop("preset", "tiny")
+    overrides = task.model_overrides() if hasattr(task, "model_overrides") else {}
+    for key, value in overrides.items():
+        if section.get(key, value) != value:
+            raise ConfigError(
+                f"model.{key}={section[key]} does not match the data: the {task.name} task needs "
+                f"{key}={value}; remove the override"
+            )
+        section[key] = value
     if getattr(task, "vocab_size", None) is not None:
         if section.get("vocab_size", task.vocab_size) < task.vocab_size:
             raise ConfigError(
@@ -91,12 +104,13 @@ def evaluate(model, task, cfg: RunConfig, device, autocast) -> dict[str, Any]:
     t = cfg.train
     model.eval()
     gen = torch.Generator().manual_seed(t.seed + 1)
+    primary = getattr(task, "primary_loss_key", "lm_loss")  # the task's loss without aux terms
     losses, aux = [], {}
     for _ in range(t.eval_iters):
         batch = {k: v.to(device) for k, v in task.batch("val", t.batch_size, gen).items()}
         with autocast():
             _, metrics = task.loss(model, batch)
-        losses.append(float(metrics.pop("lm_loss", metrics.get("loss", float("nan")))))
+        losses.append(float(metrics.pop(primary, metrics.get("loss", float("nan")))))
         for k, v in metrics.items():
             if isinstance(v, torch.Tensor) and v.numel() == 1:
                 aux.setdefault(k, []).append(float(v))
@@ -139,13 +153,14 @@ def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
         run_dir = Path(resume)
         ckpt_dir = ckpt.find_checkpoint(run_dir, "latest")
         state = ckpt.load_trainer_state(ckpt_dir)
-        tokenizer_state = json.loads((run_dir / "task.json").read_text())["tokenizer"]
+        tokenizer_state = json.loads((run_dir / "task.json").read_text()).get("tokenizer")
     else:
         run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
         tokenizer_state = None
     t = cfg.train
 
     task = build_task(cfg, _block_size(cfg), tokenizer_state)
+    primary = getattr(task, "primary_loss_key", "lm_loss")  # logged as "loss"; not twice
     torch.manual_seed(t.seed)  # the same initial weights on every process and every run
     model, model_cfg = build_model_for_task(cfg, task)
     model_name = cfg.model.get("name", "gpt")
@@ -300,7 +315,7 @@ def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
                 tok_s = window_steps * tokens_per_step / max(now - window_time, 1e-9)
                 window_time, window_steps = now, 0
                 if info.is_main:
-                    extra = {k: v for k, v in step_metrics.items() if k != "lm_loss"}
+                    extra = {k: v for k, v in step_metrics.items() if k != primary}
                     log.write(
                         {
                             "step": step,

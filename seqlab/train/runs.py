@@ -36,7 +36,7 @@ def load_run(
             f"checkpoint {str(ckpt_dir)!r} holds a {saved_name!r} model but the run config says "
             f"{cfg.model.get('name')!r}; the run directory is inconsistent"
         )
-    tokenizer_state = json.loads((run_dir / "task.json").read_text())["tokenizer"]
+    tokenizer_state = json.loads((run_dir / "task.json").read_text()).get("tokenizer")
     task = build_task(cfg, cfg.model["max_seq_len"], tokenizer_state)
     model, _ = build_model_for_task(cfg, task)
     ckpt.load_weights(model, ckpt_dir, meta)

@@ -6,14 +6,24 @@ import torch
 from seqlab.models import MODELS, build_model, count_parameters
 
 
+def _tiny_batch(name):
+    """A tiny model and a batch for its task: token ids (lm) or a 3-feature series (forecast)."""
+    if MODELS[name].task == "forecast":
+        model = build_model(name, "tiny", num_features=3)
+        x = torch.randn(2, 16, 3)
+        return model, x[:, :-1], x[:, 1:], (2, 15, 3)
+    model = build_model(name, "tiny", vocab_size=50)
+    x = torch.randint(0, 50, (2, 16))
+    return model, x[:, :-1], x[:, 1:], (2, 15, 50)
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_every_model_trains_one_step(name):
     torch.manual_seed(0)
-    model = build_model(name, "tiny", vocab_size=50)
+    model, inputs, targets, out_shape = _tiny_batch(name)
     assert "tiny" in MODELS[name].presets
-    x = torch.randint(0, 50, (2, 16))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    out = model(x[:, :-1], targets=x[:, 1:])
+    out = model(inputs, targets=targets)
     loss = out.total_loss()
     assert torch.isfinite(loss)
     loss.backward()
@@ -22,7 +32,7 @@ def test_every_model_trains_one_step(name):
     before = [p.detach().clone() for p in model.parameters()]
     opt.step()
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
-    assert out.logits.shape == (2, 15, 50)
+    assert out.logits.shape == out_shape
     assert count_parameters(model) > 0
 
 

@@ -65,9 +65,19 @@ def test_two_process_resume_with_dropout_reproduces_the_uninterrupted_run(tmp_pa
     # Every rank's dropout RNG is saved at an evaluation checkpoint, so a resumed DDP run with
     # dropout matches the uninterrupted one.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "seqlab"]
+    run = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "seqlab",
+    ]
     full_args = [*ARGS, "model.dropout=0.2", "train.lr_decay_iters=6"]
-    first_args = [("3" if a == "6" and full_args[i - 1] == "--max-iters" else a) for i, a in enumerate(full_args)]
+    first_args = [
+        ("3" if a == "6" and full_args[i - 1] == "--max-iters" else a) for i, a in enumerate(full_args)
+    ]
     full, cut = tmp_path / "full", tmp_path / "cut"
     subprocess.run([*run, *full_args, "--run-dir", str(full)], check=True, env=env, timeout=300)
     subprocess.run([*run, *first_args, "--run-dir", str(cut)], check=True, env=env, timeout=300)
