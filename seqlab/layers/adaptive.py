@@ -108,12 +108,17 @@ class AdaptiveLinear(nn.Module):
         if self.generator == "lowrank":
             g = self.gate(a)  # [b, 1, r] per sample or [b, t, r] per token
             return F.linear(x, self.weight, self.bias) + F.linear(F.linear(x, self.v) * g, self.u)
-        # Full generator: one [out, in] weight per sample (or per token), batched matmul.
-        w = self.effective_weight(adapt_input)
         if adapt_input.shape[:-1] == x.shape[:-1]:
-            y = (w @ x.unsqueeze(-1)).squeeze(-1)  # [..., out]
-        else:
-            b = x.shape[0]
-            y = torch.bmm(x.reshape(b, -1, self.in_features), w.transpose(1, 2))
-            y = y.reshape(*x.shape[:-1], self.out_features)
+            # Full generator, per-token adapt input: DeltaW(a) x = D (x outer a) + D0 x, with D the
+            # generator's weight viewed [out, in * a]; never materializes a weight per token
+            # (b t out in floats), only the outer products (b t in a).
+            d = self.delta.weight.view(self.out_features, self.in_features * self.adapt_dim)
+            outer = (x.unsqueeze(-1) * a.unsqueeze(-2)).flatten(-2)  # [..., in * a]
+            d0 = self.delta.bias.view(self.out_features, self.in_features)
+            return F.linear(x, self.weight + d0, self.bias) + F.linear(outer, d)
+        # Full generator, per-sample adapt input: one [out, in] weight per sample, batched matmul.
+        w = self.effective_weight(adapt_input)
+        b = x.shape[0]
+        y = torch.bmm(x.reshape(b, -1, self.in_features), w.transpose(1, 2))
+        y = y.reshape(*x.shape[:-1], self.out_features)
         return y + self.bias if self.bias is not None else y

@@ -100,7 +100,9 @@ class MixtureOfExperts(nn.Module):
     def forward(self, x: Tensor, adapt_input: Tensor) -> Tensor:
         b, t, _ = x.shape
         logits = self.router_logits(x, adapt_input)
-        probs = logits.float().softmax(-1)  # [b, e] or [b, t, e]: one distribution per decision
+        probs = logits.softmax(
+            -1, dtype=torch.promote_types(logits.dtype, torch.float32)
+        )  # [b, e] or [b, t, e]: one distribution per decision
         index = None
         if self.top_k is None:
             # A per-sequence gate [b, e] applies to every position: gates[:, None, e] * y_e
