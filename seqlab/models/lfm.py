@@ -62,7 +62,9 @@ class LFMConfig:
     num_experts: int = 4
     top_k: int | None = None  # None: dense (every expert on every token), as in the seed
     gate: str = "sequence"  # "sequence" (from the adapt input, the seed) | "token" (from x_t)
-    lambda_entropy: float = 0.01  # > 0 specializes, < 0 diversifies (mode "sample")
+    # mode "sample": > 0 sharpens each gate decision (measured: collapses usage onto one expert),
+    # < 0 spreads it; mode "balance": sharp per decision and balanced overall
+    lambda_entropy: float = 0.01
     entropy_mode: str = "sample"  # "sample" | "balance"
     load_balance_coef: float = 0.0
     z_loss_coef: float = 0.0
