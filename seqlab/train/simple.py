@@ -8,7 +8,7 @@
     run_lfmodel_train(hyperparameters, training, data="sunspots")         what `lfmodel_train` runs
         the series split by time (seqlab.tasks.forecast.ForecastTask: 80/10/10, standardized
         with train statistics), at most num_samples train windows of sequence_length points,
-        SeriesModel(LFModel): features -> token_dim -> LFModel -> features, trained with
+        the lfm_series model (LFMForecaster): features -> token_dim -> LFModel -> features, trained with
         train_model, then the one-step forecast metrics on val and test against the naive and
         seasonal-naive forecasts, in original units, with the gate entropies.
 
@@ -18,7 +18,7 @@ top_k, entropy_mode, load_balance_coef, z_loss_coef, rank, generator); any other
 error naming it. Departures from the seed: its num_samples was the number of random tensors it
 made up; here the data is a real series and num_samples caps the train windows (the most
 recent ones are kept). token_dim is the model width, not the number of series features: the
-features are projected to token_dim and back (SeriesModel), and the model predicts the change
+features are projected to token_dim and back (LFMForecaster), and the model predicts the change
 from the last value, so it starts as the naive forecast.
 
 Shapes: x, y [b, t, f] (t = sequence_length, f = series features).
@@ -38,9 +38,8 @@ from tqdm.auto import tqdm
 from seqlab.config import from_dict, load_file, to_dict
 from seqlab.data.series import read_series
 from seqlab.errors import ConfigError, DataError
-from seqlab.layers.series import SeriesModel
 from seqlab.models import count_parameters
-from seqlab.models.lfm import LFModel
+from seqlab.models.lfm import LFMForecaster, LFMSeriesConfig
 from seqlab.ops.entropy import entropy_regularization_loss
 from seqlab.tasks.forecast import ForecastTask
 
@@ -124,7 +123,9 @@ def train_model(
         batches = 0
         for x, y in dataloader:
             x, y = x.to(device), y.to(device)
-            mse = F.mse_loss(model(x).float(), y.float())
+            out = model(x)
+            pred = out if isinstance(out, torch.Tensor) else out.logits  # a Tensor or a ModelOutput
+            mse = F.mse_loss(pred.float(), y.float())
             loss = entropy_regularization_loss(model, mse)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -180,16 +181,17 @@ def run_lfmodel_train(
         for note in series.notes:
             log(f"{series.name}: {note}")
     torch.manual_seed(seed)
+    # The registered forecaster ("lfm_series"), so lfmodel_train and `seqlab train --model
+    # lfm_series` train the same model; the seed's token_dim is its width.
     try:
-        backbone = LFModel(
-            h.token_dim,
-            h.channel_dim,
-            h.expert_dim,
-            h.adapt_dim,
-            h.num_experts,
-            h.lambda_entropy,
+        config = LFMSeriesConfig(
+            dim=h.token_dim,
+            channel_dim=h.channel_dim,
+            expert_dim=h.expert_dim,
+            adapt_dim=h.adapt_dim,
+            num_experts=h.num_experts,
+            lambda_entropy=h.lambda_entropy,
             num_layers=h.num_layers,
-            causal=True,
             max_seq_len=t.sequence_length,
             num_heads=h.num_heads,
             gate=h.gate,
@@ -199,10 +201,11 @@ def run_lfmodel_train(
             z_loss_coef=h.z_loss_coef,
             rank=h.rank,
             generator=h.generator,
+            num_features=task.num_features,
         )
-    except ValueError as error:  # the layers' own checks (ConfigError is a ValueError too)
+        model = LFMForecaster(config).to(device)
+    except ValueError as error:  # the config's and the layers' own checks
         raise ConfigError(f"hyperparameters.json: {error}") from None
-    model = SeriesModel(backbone, task.num_features, h.token_dim).to(device)
 
     windows = task.windows("train")
     keep = slice(-t.num_samples, None)  # the most recent train windows

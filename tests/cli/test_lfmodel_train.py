@@ -87,7 +87,7 @@ def test_wrong_type_and_bad_values(workdir, capsys):
     (workdir / "training.json").write_text(json.dumps(TRAINING))
     (workdir / "hyperparameters.json").write_text(json.dumps({**HYPERPARAMETERS, "gate": "coin"}))
     assert main(["--data", "series.csv"]) == 2
-    assert "hyperparameters.json: unknown gate 'coin'" in capsys.readouterr().err
+    assert "hyperparameters.json: lfm gate 'coin' is not one of" in capsys.readouterr().err
 
 
 def test_missing_files_and_data(workdir, capsys):
