@@ -89,7 +89,7 @@ def cmd_generate(args) -> int:
 def cmd_models(args) -> int:
     from seqlab.models import MODELS, build_model, count_parameters
 
-    print(f"{'model':<12} {'preset':<8} {'params':>10}  {'task':<6} description")
+    print(f"{'model':<14} {'preset':<8} {'params':>10}  {'task':<9} description")
     for name, entry in MODELS.items():
         for preset in entry.presets:
             try:
@@ -98,7 +98,7 @@ def cmd_models(args) -> int:
             except ImportError as e:  # an optional peer whose extra is not installed
                 n = "n/a"
                 print(f"({name}: {e})", file=sys.stderr)
-            print(f"{name:<12} {preset:<8} {n:>10}  {entry.task:<6} {entry.description}")
+            print(f"{name:<14} {preset:<8} {n:>10}  {entry.task:<9} {entry.description}")
     print(f"(parameter counts with vocab_size={args.vocab_size})")
     return 0
 
