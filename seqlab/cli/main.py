@@ -6,6 +6,7 @@ seqlab.models, seqlab.bench and seqlab.explain.
 
 import argparse
 import json
+import os
 import sys
 
 from seqlab.errors import SeqlabError
@@ -223,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `seqlab models | head`): not an error; silence the flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
