@@ -109,3 +109,16 @@ def test_unknown_model_and_preset_list_the_choices():
         build_model("gpt", "huge")
     with pytest.raises(ConfigError, match="Did you mean 'num_layers'"):
         build_model("gpt", "tiny", num_layer=3)
+
+
+def test_bf16_autocast_on_cpu_matches_fp32_attention_path():
+    # On CPU, attention under bf16 autocast runs in fp32 (the bf16 kernel is ~5x slower);
+    # the result must stay close to the fp32 model and be returned in bf16 like the projections.
+    torch.manual_seed(0)
+    model = build_model("gpt", "tiny", vocab_size=40).eval()
+    x = torch.randint(0, 40, (2, 20))
+    ref = model(x).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(x).logits
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), ref, atol=0.05, rtol=0.05)
