@@ -48,8 +48,18 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _holds_a_run(path: Path) -> bool:
+    return (path / "checkpoints" / "latest").is_file()
+
+
 def default_run_dir(cfg: RunConfig) -> Path:
-    return Path("runs") / f"{cfg.model.get('name', 'gpt')}-{cfg.model.get('preset', 'tiny')}"
+    """runs/<model>-<preset>, or the first free runs/<model>-<preset>-N: never over an earlier run."""
+    base = Path("runs") / f"{cfg.model.get('name', 'gpt')}-{cfg.model.get('preset', 'tiny')}"
+    path, n = base, 1
+    while _holds_a_run(path):
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
 
 
 def build_task(cfg: RunConfig, block_size: int, tokenizer_state: dict | None = None):
@@ -156,6 +166,11 @@ def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
         tokenizer_state = json.loads((run_dir / "task.json").read_text()).get("tokenizer")
     else:
         run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+        if _holds_a_run(run_dir):
+            raise ConfigError(
+                f"run directory {str(run_dir)!r} already holds a run; continue it with --resume {run_dir}, "
+                f"or choose another --run-dir (a new run never overwrites an earlier one)"
+            )
         tokenizer_state = None
     t = cfg.train
 
@@ -192,8 +207,8 @@ def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
 
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(resolved_dict(cfg, model_cfg), indent=2))
-        (run_dir / "task.json").write_text(json.dumps(task.state_dict()))
+        ckpt.atomic_write_text(run_dir / "config.json", json.dumps(resolved_dict(cfg, model_cfg), indent=2))
+        ckpt.atomic_write_text(run_dir / "task.json", json.dumps(task.state_dict()))
     log = (
         MetricsLog(run_dir / "metrics.jsonl", keep_until_step=step if state is not None else -1)
         if info.is_main

@@ -212,7 +212,7 @@ def test_trainer_runs_and_resumes_a_forecast_task(tmp_path, series_csv, toy_seri
     assert resumed.step == 8
 
     with pytest.raises(ConfigError, match="does not match the data"):
-        cfg = load_run_config(overrides=[*common, "model.num_features=3"])
+        cfg = load_run_config(overrides=[*common, "model.num_features=3", f"run_dir={run}-other"])
         train(cfg)
 
 

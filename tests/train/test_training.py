@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from seqlab.data import build_tokenizer, encode_corpus, load_corpus, split_ids
-from seqlab.errors import CheckpointError, DataError, TrainingDiverged
+from seqlab.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from seqlab.models import build_model
 from seqlab.train import checkpoint as ckpt
 from seqlab.train import train
@@ -213,3 +213,14 @@ def test_torch_compile_matches_eager(tiny_cfg, tmp_path):
     a, b = _train_losses(eager.run_dir), _train_losses(compiled.run_dir)
     for k in a:
         assert abs(a[k] - b[k]) < 1e-3 * abs(a[k])
+
+
+def test_a_new_run_never_overwrites_an_earlier_one(tiny_cfg, tmp_path, monkeypatch):
+    train(tiny_cfg(run_dir=tmp_path / "taken"))
+    with pytest.raises(ConfigError, match="already holds a run; continue it with --resume"):
+        train(tiny_cfg(run_dir=tmp_path / "taken"))
+    # Without an explicit run_dir the default name moves on to the first free one.
+    monkeypatch.chdir(tmp_path)
+    first = train(tiny_cfg("run_dir=null"))
+    second = train(tiny_cfg("run_dir=null"))
+    assert (first.run_dir.name, second.run_dir.name) == ("gpt-tiny", "gpt-tiny-2")
