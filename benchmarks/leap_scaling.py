@@ -19,7 +19,6 @@ them. Results print as a markdown table and are saved as JSON (--out).
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 
 from seqlab.bench.memory import PeakMemory
+from seqlab.bench.report import device_name, git_commit
 from seqlab.bench.runner import check_correctness, decode_latency
 from seqlab.models import build_model, count_parameters
 
@@ -162,12 +162,13 @@ def main():
         "memory": ["model", "context", "peak_MB"],
     }[args.what]
     env = {
-        "device": platform.processor() or platform.machine(),
+        "device": device_name(torch.device("cpu")),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "dtype": "float32",
         "preset": args.preset,
         "position": args.position,
+        "commit": git_commit(),
     }
     print(f"\n{args.what}: {env}\n\n{table(rows, keys)}")
     if args.out:

@@ -36,25 +36,16 @@ import copy
 import json
 import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from seqlab.bench.report import git_commit
 from seqlab.layers.adaptive import AdaptiveLinear
 from seqlab.layers.mixing import ChannelMixing
 from seqlab.layers.moe import MixtureOfExperts
-
-
-def git_commit() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True)
-        return commit.stdout.strip() + (" (dirty tree)" if dirty.stdout.strip() else "")
-    except OSError:
-        return "unknown"
 
 
 def count(module: nn.Module) -> int:

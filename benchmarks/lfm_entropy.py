@@ -26,13 +26,13 @@ say in how many seeds the direction held. Results print as markdown tables and g
 import argparse
 import json
 import platform
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from seqlab.bench.report import git_commit
 from seqlab.data import build_tokenizer, check_length, encode_corpus, load_corpus, split_ids
 from seqlab.models import build_model, count_parameters
 from seqlab.ops.entropy import sample_entropy, usage_entropy
@@ -53,15 +53,6 @@ def parse_settings(text: str) -> list[tuple[str, float]]:
 def label(setting: tuple[str, float]) -> str:
     mode, lam = setting
     return f"{mode} {lam:+g}"
-
-
-def git_commit() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True)
-        return commit.stdout.strip() + (" (dirty tree)" if dirty.stdout.strip() else "")
-    except OSError:
-        return "unknown"
 
 
 def windows(ids: torch.Tensor, num: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
