@@ -6,7 +6,7 @@ Each entry names the config dataclass, the model class, its presets (always a CP
 
 from dataclasses import dataclass, field
 
-from seqlab.config import coerce, from_dict, to_dict, unknown_key_error
+from seqlab.config import from_dict
 from seqlab.errors import ConfigError
 from seqlab.models import fastformer, gpt, leap, lfm
 from seqlab.models import xtransformers as xt
@@ -84,7 +84,4 @@ __all__ = [
     "build_model",
     "count_parameters",
     "model_entry",
-    "coerce",
-    "to_dict",
-    "unknown_key_error",
 ]
