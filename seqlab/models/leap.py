@@ -172,7 +172,18 @@ class LeapCache:
 
     @property
     def length(self) -> int:
-        return self.states[0].count if self.states else 0
+        """Tokens fed so far, pads included."""
+        if not self.states:
+            return 0
+        first = self.states[0]
+        return (first[0] if isinstance(first, tuple) else first).count  # Fastformer keeps two states
+
+    def map_batch(self, fn) -> None:
+        """Apply fn to every per-sample tensor (beam reorder, batch select or repeat)."""
+        for state in self.states:
+            for s in state if isinstance(state, tuple) else (state,):  # Fastformer keeps two
+                s.map_batch(fn)
+        self.seen = fn(self.seen)
 
 
 @dataclass

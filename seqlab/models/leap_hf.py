@@ -46,10 +46,8 @@ CACHE_NAME = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ e
 # Core config fields the seed has no keyword for; given as extra kwargs they reach the core.
 CORE_ONLY_FIELDS = ("rope_base", "mlp_ratio")
 
+
 # LeapState tensors with a batch dimension first (`decay` [h] is shared by the batch).
-STATE_BATCH_FIELDS = ("sum_k", "sum_v", "z", "last_w", "last_k", "last_v")
-
-
 @strict
 class LeapHFConfig(PreTrainedConfig):
     """The seed's LeapConfig as a Hugging Face config; unknown kwargs go to PreTrainedConfig."""
@@ -155,12 +153,7 @@ class LeapHFCache(Cache):
             raise NotImplementedError("a recurrent LEAP state cannot be cropped: regenerate from the prompt")
 
     def _map_batch(self, fn) -> None:
-        for state in self.leap.states:
-            for name in STATE_BATCH_FIELDS:
-                value = getattr(state, name)
-                if value is not None:
-                    setattr(state, name, fn(value))
-        self.leap.seen = fn(self.leap.seen)
+        self.leap.map_batch(fn)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self._map_batch(lambda x: x.index_select(0, beam_idx.to(x.device)))

@@ -249,6 +249,16 @@ class LeapState:
     count: int = 0
     decay: Tensor | None = None
 
+    # The batch-first tensors (decay and count are per layer, not per sample).
+    BATCH_FIELDS = ("sum_k", "sum_v", "z", "last_w", "last_k", "last_v")
+
+    def map_batch(self, fn) -> None:
+        """Apply fn to every batch-first tensor (reorder, select or repeat samples, e.g. beams)."""
+        for name in self.BATCH_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, fn(value))
+
 
 def leap_state_init(
     batch_size: int,

@@ -219,3 +219,20 @@ def test_layer_recurrent_step_equals_parallel_forward(window, focus):
         assert state.last_k.shape[1] == window  # O(W) state
     else:
         assert state.last_k is None and state.sum_k.shape == (2, 2, 32)  # O(1) state
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(fastformer=True)], ids=["leap", "fastformer"])
+def test_cache_map_batch_reorders_every_sample_state(kw):
+    # Beam search reorders the decoding state by sample; the continuation must follow the reorder.
+    model = make(**kw)
+    x = torch.randint(0, 50, (3, 9))
+    cache = model.make_cache(3)
+    model(x, cache=cache)
+    order = torch.tensor([2, 0, 1])
+    cache.map_batch(lambda t: t.index_select(0, order))
+    assert cache.length == 9
+    nxt = torch.randint(0, 50, (3, 1))
+    reordered = model(nxt, cache=cache).logits
+    fresh = model.make_cache(3)
+    model(x[order], cache=fresh)
+    torch.testing.assert_close(reordered, model(nxt, cache=fresh).logits)
