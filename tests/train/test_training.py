@@ -123,6 +123,7 @@ class _Exploit:
         return (os.system, ("touch /tmp/seqlab_pwned",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_loading_trainer_state_never_executes_pickled_code(tmp_path):
     bad = tmp_path / "step"
     bad.mkdir()
