@@ -26,6 +26,17 @@ ARGS = [
 ]
 
 
+TORCHRUN = [
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--standalone",
+    "--nproc_per_node=2",
+    "-m",
+    "seqlab",
+]
+
+
 def _losses(run):
     return [r["loss"] for r in read_metrics(run / "metrics.jsonl") if r["split"] == "train"]
 
@@ -35,23 +46,7 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     subprocess.run([sys.executable, "-m", "seqlab", *ARGS, "--run-dir", str(single)], check=True, env=env)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "seqlab",
-            *ARGS,
-            "--run-dir",
-            str(ddp),
-        ],
-        check=True,
-        env=env,
-        timeout=300,
-    )
+    subprocess.run([*TORCHRUN, *ARGS, "--run-dir", str(ddp)], check=True, env=env, timeout=300)
     a, b = _losses(single), _losses(ddp)
     assert len(a) == len(b) == 6
     for x, y in zip(a, b):
@@ -65,23 +60,15 @@ def test_two_process_resume_with_dropout_reproduces_the_uninterrupted_run(tmp_pa
     # Every rank's dropout RNG is saved at an evaluation checkpoint, so a resumed DDP run with
     # dropout matches the uninterrupted one.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "seqlab",
-    ]
+
     full_args = [*ARGS, "model.dropout=0.2", "train.lr_decay_iters=6"]
     first_args = [
         ("3" if a == "6" and full_args[i - 1] == "--max-iters" else a) for i, a in enumerate(full_args)
     ]
     full, cut = tmp_path / "full", tmp_path / "cut"
-    subprocess.run([*run, *full_args, "--run-dir", str(full)], check=True, env=env, timeout=300)
-    subprocess.run([*run, *first_args, "--run-dir", str(cut)], check=True, env=env, timeout=300)
+    subprocess.run([*TORCHRUN, *full_args, "--run-dir", str(full)], check=True, env=env, timeout=300)
+    subprocess.run([*TORCHRUN, *first_args, "--run-dir", str(cut)], check=True, env=env, timeout=300)
     resume = ["train", "--resume", str(cut), "--no-progress", "--set", "train.max_iters=6"]
-    subprocess.run([*run, *resume], check=True, env=env, timeout=300)
+    subprocess.run([*TORCHRUN, *resume], check=True, env=env, timeout=300)
     assert len(_losses(full)) == 6
     assert _losses(full) == _losses(cut)
