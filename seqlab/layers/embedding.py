@@ -11,7 +11,7 @@ def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
         raise TokenRangeError(f"input_ids must be an integer tensor, got dtype {input_ids.dtype}")
     if input_ids.numel() == 0:
         raise TokenRangeError("input_ids is empty: give at least one token")
-    lo, hi = int(input_ids.min()), int(input_ids.max())
+    lo, hi = (int(v) for v in torch.aminmax(input_ids))  # one pass, one host sync
     if lo < 0 or hi >= vocab_size:
         raise TokenRangeError(
             f"token ids must lie in [0, {vocab_size - 1}] (the model's vocab_size is {vocab_size}), "
