@@ -23,12 +23,11 @@ from torch import nn
 from seqlab.ops.leap import (
     LeapState,
     alibi_decay,
-    dot_headdim,
+    leap_logit_exp,
     leap_pool_step,
     leap_state_init,
     leap_state_prefill,
     leap_window_pool,
-    norm_headdim,
 )
 
 
@@ -50,9 +49,11 @@ class FastformerAttention(nn.Module):
         self.num_heads = n_head
         self.head_dim = hidden_size // n_head
         self.window = window_size
-        # Fastformer's pooling is always the rescaled exp form; `focus` is accepted for a
-        # uniform mixer signature, and the elu focus has no pooling analogue here.
-        self.rescale = 10.0 if rescale is None else float(rescale)
+        # The mixer signature is shared with MultiheadLeap; Fastformer's pooling only has the
+        # rescaled exp form.
+        if focus != "exp" or rescale is None:
+            raise ValueError(f"Fastformer pools with focus='exp' and a rescale, got {focus!r}, {rescale!r}")
+        self.rescale = float(rescale)
         self.eps = eps
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=False)
         self.w_q = nn.Parameter(torch.randn(n_head, self.head_dim) / self.head_dim**0.5)
@@ -62,7 +63,7 @@ class FastformerAttention(nn.Module):
         self.register_buffer("decay", alibi_decay(n_head) if decay else None, persistent=False)
 
     def _pool_weights(self, x: torch.Tensor, w: torch.Tensor, attention_mask) -> torch.Tensor:
-        logit = dot_headdim(norm_headdim(x), norm_headdim(w)) * (self.rescale / self.head_dim)
+        logit = leap_logit_exp(x, w, self.rescale)  # Norm(x) . Norm(w) * rescale / d
         weights = torch.exp(self.dropout(logit))  # [b, t, h], <= exp(rescale)
         if attention_mask is not None:
             weights = weights * attention_mask.to(weights.dtype).unsqueeze(-1)

@@ -162,7 +162,7 @@ class MultiheadLeap(nn.Module):
             for i in range(x.shape[1]):
                 kbar_i, vbar_i = leap_recurrent_step(state, w[:, i], k[:, i], v[:, i], self.eps)
                 ys.append(self._gate(q[:, i], kbar_i).unsqueeze(-1) * vbar_i)
-            y = ys[0].unsqueeze(1) if len(ys) == 1 else torch.stack(ys, dim=1)  # [b, t, h, d]
+            y = torch.stack(ys, dim=1)  # [b, t, h, d]
         return self.proj(rearrange(y, "b t h d -> b t (h d)"))
 
 

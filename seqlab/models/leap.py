@@ -24,7 +24,6 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from seqlab.errors import ConfigError
@@ -170,20 +169,27 @@ class LeapCache:
     states: list
     seen: torch.Tensor  # [b] real (unpadded) tokens fed so far: the next learned position
 
+    def layer_states(self):
+        """Every LeapState, in layer order (a Fastformer layer keeps a pair)."""
+        for state in self.states:
+            yield from state if isinstance(state, tuple) else (state,)
+
     @property
     def length(self) -> int:
         """Tokens fed so far, pads included."""
-        if not self.states:
-            return 0
-        first = self.states[0]
-        return (first[0] if isinstance(first, tuple) else first).count  # Fastformer keeps two states
+        return next(self.layer_states()).count if self.states else 0
 
     def map_batch(self, fn) -> None:
         """Apply fn to every per-sample tensor (beam reorder, batch select or repeat)."""
-        for state in self.states:
-            for s in state if isinstance(state, tuple) else (state,):  # Fastformer keeps two
-                s.map_batch(fn)
+        for state in self.layer_states():
+            state.map_batch(fn)
         self.seen = fn(self.seen)
+
+    def reset(self) -> None:
+        """Back to an empty context, keeping the buffers."""
+        self.map_batch(torch.zeros_like)
+        for state in self.layer_states():
+            state.count = 0
 
 
 @dataclass
@@ -266,7 +272,10 @@ class LeapForCausalLM(nn.Module):
         x = self.embed(input_ids)  # [b, t, c]
         pos = self._positions(input_ids, attention_mask, cache)
         if self.pos_embed is not None:
-            if int(pos.max()) >= cfg.max_seq_len:
+            # Positions are at most (tokens fed before) + t - 1: read them (a host sync) only when
+            # that bound could pass the table.
+            fed = cache.length if cache is not None else 0
+            if fed + input_ids.shape[1] > cfg.max_seq_len and int(pos.max()) >= cfg.max_seq_len:
                 raise ValueError(
                     f"sequence reaches position {int(pos.max())} but n_positions (max_seq_len) is "
                     f"{cfg.max_seq_len} with learned positions; use position='rotary' or 'none' for "
@@ -285,10 +294,10 @@ class LeapForCausalLM(nn.Module):
         if targets is not None:
             loss = lm_loss(logits, targets)
         elif labels is not None:
-            shifted = labels[:, 1:].clone()
+            shifted = labels[:, 1:]  # a new tensor below: the caller's labels are never modified
             if attention_mask is not None:
                 shifted = shifted.masked_fill(attention_mask[:, 1:] == 0, -100)
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), shifted.flatten(), ignore_index=-100)
+            loss = lm_loss(logits[:, :-1], shifted)
         return LeapOutput(logits=logits, loss=loss, cache=cache, maps=maps)
 
 

@@ -47,7 +47,6 @@ CACHE_NAME = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ e
 CORE_ONLY_FIELDS = ("rope_base", "mlp_ratio")
 
 
-# LeapState tensors with a batch dimension first (`decay` [h] is shared by the batch).
 @strict
 class LeapHFConfig(PreTrainedConfig):
     """The seed's LeapConfig as a Hugging Face config; unknown kwargs go to PreTrainedConfig."""
@@ -165,9 +164,7 @@ class LeapHFCache(Cache):
         self._map_batch(lambda x: x.repeat_interleave(repeats, dim=0))
 
     def reset(self) -> None:
-        self._map_batch(torch.zeros_like)
-        for state in self.leap.states:
-            state.count = 0
+        self.leap.reset()
 
 
 class LeapHFForCausalLM(PreTrainedModel, GenerationMixin):

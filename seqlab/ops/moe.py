@@ -100,8 +100,8 @@ def _dispatch_reference(x, index, weights, experts, extra):
 
 def _dispatch_sorted(x, index, weights, experts, extra):
     n, k = index.shape
-    if n == 0:  # nothing routed (an empty batch): nothing to compute
-        return x.new_zeros(0, *x.shape[1:])
+    if n == 0:  # an empty batch: let an expert give the empty output its shape
+        return experts[0](x, *extra)
     flat = index.reshape(-1)  # [n k] expert of each assignment
     order = torch.argsort(flat, stable=True)  # assignments grouped by expert
     token = order // k  # [n k] token of each sorted assignment

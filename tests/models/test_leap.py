@@ -236,3 +236,14 @@ def test_cache_map_batch_reorders_every_sample_state(kw):
     fresh = model.make_cache(3)
     model(x[order], cache=fresh)
     torch.testing.assert_close(reordered, model(nxt, cache=fresh).logits)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(fastformer=True)], ids=["leap", "fastformer"])
+def test_cache_reset_gives_an_empty_context(kw):
+    model = make(**kw)
+    x, y = torch.randint(0, 50, (2, 7)), torch.randint(0, 50, (2, 5))
+    cache = model.make_cache(2)
+    model(x, cache=cache)
+    cache.reset()
+    assert cache.length == 0
+    torch.testing.assert_close(model(y, cache=cache).logits, model(y, cache=model.make_cache(2)).logits)
