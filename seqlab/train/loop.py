@@ -15,8 +15,10 @@ a checkpoint before stopping.
 import contextlib
 import json
 import math
+import signal
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +46,7 @@ class TrainResult:
     best_val_loss: float | None
     tokens_per_s: float
     sample: str = ""
-    stopped: str = "finished"  # finished | max_time | interrupted
-    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str = "finished"  # finished | max_time (an interrupt re-raises KeyboardInterrupt)
 
 
 def _holds_a_run(path: Path) -> bool:
@@ -143,6 +144,27 @@ def resume_config(run_dir: str | Path, overrides: list[str] = ()) -> RunConfig:
     return cfg
 
 
+class _StopRequest:
+    """The first Ctrl-C asks the loop to stop at the next step boundary (then it saves);
+    a second one interrupts at once. Only in the main thread, where signals can be handled."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nseqlab: stopping after this step (Ctrl-C again to stop at once)", flush=True)
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def train(cfg: RunConfig, resume: str | Path | None = None, callbacks: list | None = None) -> TrainResult:
     """Train per `cfg`; with `resume` (a run directory), continue exactly where it stopped.
 
@@ -194,6 +216,7 @@ def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
     data_gen = torch.Generator().manual_seed(t.seed)
     torch.manual_seed(t.seed + info.rank)
     step, best_val, last_eval_step = 0, math.inf, -1
+    last_saved_step = -1
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         data_gen.set_state(state["data_rng"])
@@ -201,6 +224,7 @@ def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
             state["torch_rng"][info.rank] if info.rank < len(state["torch_rng"]) else state["torch_rng"][0]
         )
         step, best_val, last_eval_step = state["step"], state["best_val"], state["last_eval_step"]
+        last_saved_step = step
         for cb, cb_state in zip(callbacks, state.get("callbacks", [])):
             if hasattr(cb, "load_state_dict"):
                 cb.load_state_dict(cb_state)
@@ -233,6 +257,8 @@ def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
 
     def save(is_best: bool, val_loss: float | None, torch_rng: list | None = None):
         """Rank 0 writes; `torch_rng` holds every rank's RNG state when the caller gathered them."""
+        nonlocal last_saved_step
+        last_saved_step = step
         if not info.is_main:
             return
         trainer_state = {
@@ -286,16 +312,21 @@ def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
     start_time = time.time()
     window_time, window_steps, total_tokens = time.time(), 0, 0
     stopped, last_val, running = "finished", None, None
+    stop = _StopRequest()
+    mid_step = False
     try:
         while step < t.max_iters:
+            if stop.requested:
+                raise KeyboardInterrupt
             if step % t.eval_interval == 0 and step != last_eval_step:
                 last_val = run_eval()
-            elif t.checkpoint_interval and step % t.checkpoint_interval == 0 and step > 0:
+            elif t.checkpoint_interval and step % t.checkpoint_interval == 0 and step > last_saved_step:
                 save(False, None, distributed.gather_rng_states(info))
             lr = lr_at(step, t.lr, t.min_lr, t.warmup_iters, decay_iters)
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
+            mid_step = True  # from drawing the batch until `step` counts the update
             batch = task.batch("train", t.batch_size, data_gen)
             rows = slice(info.rank * per_rank * t.grad_accum, (info.rank + 1) * per_rank * t.grad_accum)
             batch = {k: v[rows].to(device) for k, v in batch.items()}
@@ -309,10 +340,10 @@ def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
                 (loss / t.grad_accum).backward()
                 step_loss += loss.detach().float() / t.grad_accum
                 step_metrics = metrics
-            step_loss = distributed.mean_across(step_loss, info)
-            if not torch.isfinite(step_loss):
+            running = distributed.mean_across(step_loss, info).item()  # the step's one host sync
+            if not math.isfinite(running):
                 raise TrainingDiverged(
-                    f"training loss became {step_loss.item()} at step {step + 1}; stopped without saving, so "
+                    f"training loss became {running} at step {step + 1}; stopped without saving, so "
                     f"the last good checkpoint in {run_dir / 'checkpoints'} is intact. Lower train.lr "
                     f"(now {t.lr}), keep train.grad_clip > 0, or train in float32."
                 )
@@ -321,9 +352,9 @@ def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            mid_step = False
             window_steps += 1
             total_tokens += tokens_per_step
-            running = step_loss.item()
 
             if step % t.log_interval == 0 or step == t.max_iters:
                 now = time.time()
@@ -354,14 +385,24 @@ def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
                 stopped = "max_time"
                 break
     except KeyboardInterrupt:
-        stopped = "interrupted"
-        if info.is_main:
-            print(f"\nseqlab: interrupted at step {step}; saving a checkpoint to resume from.")
-        # No collective here (the other processes may not have been interrupted together), so
-        # only rank 0's dropout RNG is saved; an evaluation-time checkpoint keeps every rank's.
-        save(False, None)
         bar.close()
+        if mid_step:
+            # The data and RNG state already belong to the next step: saving would break exact
+            # resume (a first Ctrl-C waits for the step to end; this was a second one).
+            if info.is_main:
+                print(
+                    f"\nseqlab: interrupted inside step {step + 1}; nothing saved, "
+                    "the last checkpoint is intact."
+                )
+        elif step > last_saved_step:
+            if info.is_main:
+                print(f"\nseqlab: interrupted at step {step}; saving a checkpoint to resume from.")
+            # No collective here (the other processes may not have been interrupted together), so
+            # only rank 0's dropout RNG is saved; an evaluation-time checkpoint keeps every rank's.
+            save(False, None)
         raise
+    finally:
+        stop.restore()
     bar.close()
     if step != last_eval_step:
         last_val = run_eval()
