@@ -33,11 +33,11 @@ from seqlab.bench.memory import PeakMemory
 from seqlab.bench.peak import matmul_peak_flops
 from seqlab.bench.report import environment, write_report
 from seqlab.errors import ConfigError, SeqlabError
-from seqlab.models import build_config, count_parameters, model_entry
+from seqlab.models import count_parameters, model_entry
 from seqlab.models.generation import generate
 from seqlab.train import RunConfig, load_run_config, train
 from seqlab.train.distributed import setup as setup_device
-from seqlab.train.loop import build_model_for_task, build_task
+from seqlab.train.loop import block_size, build_model_for_task, build_task
 from seqlab.train.metrics import read_metrics
 from seqlab.train.optim import make_optimizer
 
@@ -318,12 +318,6 @@ def run_case(ctx: CaseContext, settings: BenchSettings) -> dict[str, Any]:
     return out
 
 
-def block_size_of(cfg: RunConfig) -> int:
-    section = dict(cfg.model)
-    name, preset = section.pop("name"), section.pop("preset")
-    return build_config(name, preset, **section).max_seq_len
-
-
 def run_cases(cases: list[Case], settings: BenchSettings, out_dir: Path, log=print) -> list[dict[str, Any]]:
     """Run every case in order, in this process; a refused or failing case does not stop the rest.
 
@@ -358,10 +352,10 @@ def run_cases(cases: list[Case], settings: BenchSettings, out_dir: Path, log=pri
             ctx.cfg.data.vocab_size,
             ctx.cfg.data.val_fraction,
         )
-        block_size = block_size_of(ctx.cfg)
-        if (key, block_size) not in tasks:
-            tasks[(key, block_size)] = build_task(ctx.cfg, block_size)
-        ctx.task = tasks[(key, block_size)]
+        context_length = block_size(ctx.cfg)
+        if (key, context_length) not in tasks:
+            tasks[(key, context_length)] = build_task(ctx.cfg, context_length)
+        ctx.task = tasks[(key, context_length)]
         log(f"bench: {ctx.case.name}: checking, then training {ctx.cfg.train.max_iters} steps")
         try:
             run_case(ctx, settings)

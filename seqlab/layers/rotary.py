@@ -36,8 +36,12 @@ class RotaryEmbedding(nn.Module):
         t = torch.arange(length, device=device, dtype=torch.float64)
         freqs = torch.outer(t, inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
-        self.cos = emb.cos().float()
-        self.sin = emb.sin().float()
+        if self.cos.shape == emb.shape:  # same length: overwrite the buffers in place
+            self.cos.copy_(emb.cos())
+            self.sin.copy_(emb.sin())
+        else:
+            self.cos = emb.cos().float()
+            self.sin = emb.sin().float()
 
     @torch.no_grad()
     def set_base(self, base: float) -> None:

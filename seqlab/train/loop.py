@@ -103,7 +103,8 @@ def build_model_for_task(cfg: RunConfig, task):
     return model_entry(name).model(model_cfg), model_cfg
 
 
-def _block_size(cfg: RunConfig) -> int:
+def block_size(cfg: RunConfig) -> int:
+    """The context length a run trains at: its model config's max_seq_len."""
     section = dict(cfg.model)
     name, preset = section.pop("name", "gpt"), section.pop("preset", "tiny")
     return build_config(name, preset, **section).max_seq_len
@@ -196,7 +197,7 @@ def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
         tokenizer_state = None
     t = cfg.train
 
-    task = build_task(cfg, _block_size(cfg), tokenizer_state)
+    task = build_task(cfg, block_size(cfg), tokenizer_state)
     primary = getattr(task, "primary_loss_key", "lm_loss")  # logged as "loss"; not twice
     torch.manual_seed(t.seed)  # the same initial weights on every process and every run
     model, model_cfg = build_model_for_task(cfg, task)

@@ -68,10 +68,10 @@ def test_sliding_window_ignores_tokens_outside_the_window():
 
 def test_rope_set_base_recomputes_buffers_in_place():
     rope = RotaryEmbedding(16, 32, base=10000)
-    cos_ptr_shape = rope.cos.shape
+    cos_ptr, sin_ptr = rope.cos.data_ptr(), rope.sin.data_ptr()
     rope.set_base(500.0)
     fresh = RotaryEmbedding(16, 32, base=500.0)
-    assert rope.cos.shape == cos_ptr_shape
+    assert (rope.cos.data_ptr(), rope.sin.data_ptr()) == (cos_ptr, sin_ptr)  # same storage
     torch.testing.assert_close(rope.cos, fresh.cos)
     torch.testing.assert_close(rope.sin, fresh.sin)
     model = build_model("gpt", "tiny", vocab_size=40).eval()
