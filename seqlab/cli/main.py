@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from seqlab.errors import SeqlabError
+from seqlab.errors import ConfigError, SeqlabError
 
 
 def _train_overrides(args) -> list[str]:
@@ -46,7 +46,15 @@ def cmd_train(args) -> int:
 
     overrides = _train_overrides(args)
     if args.resume:
-        cfg = resume_config(args.resume, [o for o in overrides if not o.startswith("model.")])
+        fixed = [
+            o.split("=", 1)[0] for o in overrides if o.startswith(("model.", "data.", "run_dir=", "task="))
+        ]
+        if fixed or args.config:
+            raise ConfigError(
+                f"--resume continues the saved run as it was configured; drop {fixed or args.config} "
+                f"(what may change: train.max_iters, --max-time and other train.* settings)"
+            )
+        cfg = resume_config(args.resume, overrides)
     else:
         cfg = load_run_config(args.config or [], overrides)
     train(cfg, resume=args.resume)

@@ -12,6 +12,7 @@ import torch
 
 class Task(Protocol):
     name: str
+    primary_loss_key: str  # key of the primary loss (without aux terms) in loss()'s metrics
 
     def batch(self, split: str, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """A batch drawn with `generator` (CPU tensors; the trainer moves and shards them)."""

@@ -1,7 +1,7 @@
 """Causal language modeling: next-token prediction on a token stream.
 
 Batches are random windows of block_size + 1 tokens (x = window[:-1], y = window[1:]), drawn
-by position from a deterministic 90/10 train/val split. Metrics: loss (nats/token), bits per
+by position from a deterministic train/val split (data.val_fraction, 90/10 by default). Metrics: loss (nats/token), bits per
 token (bits per character/byte for char/byte tokenizers) and perplexity.
 """
 
@@ -28,6 +28,7 @@ def detach_metrics(out_metrics: dict[str, Any]) -> dict[str, Any]:
 
 class CausalLMTask:
     name = "lm"
+    primary_loss_key = "lm_loss"  # the loss without the model's auxiliary terms
 
     def __init__(self, train_ids: np.ndarray, val_ids: np.ndarray, tokenizer, block_size: int):
         check_length(train_ids, block_size, "train")

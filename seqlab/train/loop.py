@@ -116,7 +116,7 @@ def evaluate(model, task, cfg: RunConfig, device, autocast) -> dict[str, Any]:
     t = cfg.train
     model.eval()
     gen = torch.Generator().manual_seed(t.seed + 1)
-    primary = getattr(task, "primary_loss_key", "lm_loss")  # the task's loss without aux terms
+    primary = task.primary_loss_key  # the task's loss without aux terms
     losses, aux = [], {}
     for _ in range(t.eval_iters):
         batch = {k: v.to(device) for k, v in task.batch("val", t.batch_size, gen).items()}
@@ -198,7 +198,7 @@ def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
     t = cfg.train
 
     task = build_task(cfg, block_size(cfg), tokenizer_state)
-    primary = getattr(task, "primary_loss_key", "lm_loss")  # logged as "loss"; not twice
+    primary = task.primary_loss_key  # logged as "loss"; not twice
     torch.manual_seed(t.seed)  # the same initial weights on every process and every run
     model, model_cfg = build_model_for_task(cfg, task)
     model_name = cfg.model.get("name", "gpt")

@@ -83,6 +83,7 @@ def test_config_file_and_saved_resolved_config(tmp_path):
         (["train", "--set", "train.max_iters=ten"], "train.max_iters: expected int"),
         (["train", "--data", "/no/such/file.txt", "--preset", "tiny"], "/no/such/file.txt"),
         (["generate", "/no/such/run"], "not a seqlab run directory"),
+        (["train", "--resume", "runs/x", "--preset", "small"], "drop ['model.preset']"),
     ],
 )
 def test_user_errors_are_one_clear_line(argv, message, capsys):
@@ -94,4 +95,5 @@ def test_user_errors_are_one_clear_line(argv, message, capsys):
 def test_models_lists_registry_with_parameter_counts(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    assert "gpt" in out and "baby" in out and "0.80M" in out  # nanoGPT's baby config: ~0.80M params
+    gpt_baby = [line.split() for line in out.splitlines() if line.split()[:2] == ["gpt", "baby"]]
+    assert gpt_baby and gpt_baby[0][2] == "0.80M"  # nanoGPT's baby config: ~0.80M params
