@@ -1,8 +1,9 @@
 """Causal language modeling: next-token prediction on a token stream.
 
 Batches are random windows of block_size + 1 tokens (x = window[:-1], y = window[1:]), drawn
-by position from a deterministic train/val split (data.val_fraction, 90/10 by default). Metrics: loss (nats/token), bits per
-token (bits per character/byte for char/byte tokenizers) and perplexity.
+by position from a deterministic train/val split (data.val_fraction, 90/10 by default).
+Metrics: loss (nats/token), bits per token (bits per character/byte for char/byte tokenizers)
+and perplexity.
 """
 
 import math
