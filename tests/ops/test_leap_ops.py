@@ -121,7 +121,8 @@ def test_pool_is_the_first_average_of_window_sums(impl, use_decay):
     for window, causal in [(4, True), (None, True), (5, False)]:
         xbar = leap_window_pool(w, x, window, causal=causal, decay=decay, impl=impl)
         kbar, _, _ = leap_window_sums(w, x, x, window, causal=causal, decay=decay, impl=impl)
-        torch.testing.assert_close(xbar, kbar, rtol=0, atol=0)
+        # Two code paths in fp32: equal up to fp32 round-off (1.2e-7 seen on AMD EPYC).
+        torch.testing.assert_close(xbar, kbar)
     xbar = leap_window_pool(w.bfloat16(), x.bfloat16(), 3, impl=impl)
     assert xbar.dtype == torch.bfloat16 and xbar.shape == x.shape
 
