@@ -1,4 +1,8 @@
-"""Feed-forward blocks: GELU MLP (GPT-2) and SwiGLU (Shazeer 2020). x [b, t, c] -> [b, t, c]."""
+"""Feed-forward blocks: GELU MLP (GPT-2) and SwiGLU (Shazeer 2020). x [b, t, c] -> [b, t, c].
+
+Both follow the feed-forward protocol of seqlab.layers.block (`forward(x, ctx=None)`); they
+report no auxiliary losses.
+"""
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +18,7 @@ class MLP(nn.Module):
         self.proj = nn.Linear(hidden_dim, dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
         return self.dropout(self.proj(F.gelu(self.fc(x))))
 
 
@@ -26,7 +30,7 @@ class SwiGLU(nn.Module):
         self.proj = nn.Linear(hidden_dim, dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
         gate, value = self.fc(x).chunk(2, dim=-1)
         return self.dropout(self.proj(F.silu(gate) * value))
 

@@ -20,6 +20,9 @@ class ModelEntry:
     presets: dict = field(default_factory=dict)
     task: str = "lm"
     description: str = ""
+    # Training callbacks this model always trains with (names in seqlab.train.callbacks), on top
+    # of those the run config lists; e.g. the autonomic controller for "hybrid".
+    callbacks: tuple[str, ...] = ()
 
 
 MODELS: dict[str, ModelEntry] = {

@@ -4,7 +4,8 @@
 - loss: the primary loss when targets were given, else None
 - aux_losses: named scalar tensors the trainer ADDS to the loss (MoE entropy, balance, ...)
 - metrics: named scalars the trainer only LOGS (gate entropy, expert load, ...)
-- cache: the decoding state after this call (KV cache, recurrent state), if one was passed
+- cache: the decoding state after this call (seqlab.layers.cache.Cache), if one was passed
+- maps: per-layer explainability maps (LEAP's focus maps) when the forward was asked for them
 """
 
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ class ModelOutput:
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     cache: Any = None
+    maps: list | None = None  # per-layer explainability maps, when asked for (return_maps=True)
 
     def total_loss(self) -> torch.Tensor:
         if self.loss is None:
