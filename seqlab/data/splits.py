@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from seqlab.data.tokenizer import Tokenizer
+from seqlab.data.tokenizer import Tokenizer, raw_bytes_error
 from seqlab.errors import DataError
 
 
-def encode_corpus(text: str, tokenizer: Tokenizer) -> np.ndarray:
-    """Encode a whole corpus to a 1-D id array (vectorized for char and byte tokenizers)."""
+def encode_corpus(text: str | bytes, tokenizer: Tokenizer) -> np.ndarray:
+    """Encode a whole corpus to a 1-D id array (vectorized for char and byte tokenizers).
+
+    text is a string, or raw bytes (`load_corpus_bytes`) for the byte tokenizer.
+    """
     if not text:
         raise DataError("the corpus is empty (no text to encode); load a corpus with text in it")
+    if isinstance(text, bytes) and tokenizer.kind != "byte":
+        raise raw_bytes_error(tokenizer.kind)
     return tokenizer.encode_array(text)
 
 

@@ -1,4 +1,4 @@
-"""Tokenizers: characters, UTF-8 bytes, and byte-level BPE trained locally.
+"""Tokenizers: characters, bytes (UTF-8 text or a file's raw bytes), and byte-level BPE trained locally.
 
 Every tokenizer has `encode(text) -> list[int]`, `decode(ids) -> str`, `vocab_size`, `kind`,
 `to_dict()` (JSON-serializable, rebuilds it exactly through `tokenizer_from_dict`) and
@@ -116,16 +116,21 @@ class CharTokenizer(Tokenizer):
 
 
 class ByteTokenizer(Tokenizer):
-    """The UTF-8 bytes of the text: 256 ids, nothing is ever unknown."""
+    """Bytes as ids: 256 ids, nothing is ever unknown.
+
+    Text is encoded as UTF-8; raw bytes (a corpus from `load_corpus_bytes`, binary included)
+    are taken as they are.
+    """
 
     kind = "byte"
     vocab_size = 256
 
-    def encode_array(self, text: str) -> np.ndarray:
-        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(ID_DTYPE)
+    def encode_array(self, text: str | bytes) -> np.ndarray:
+        data = text if isinstance(text, bytes) else text.encode("utf-8")
+        return np.frombuffer(data, dtype=np.uint8).astype(ID_DTYPE)
 
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+    def encode(self, text: str | bytes) -> list[int]:
+        return list(text if isinstance(text, bytes) else text.encode("utf-8"))
 
     def decode(self, ids: Sequence[int]) -> str:
         # A model can emit a cut multi-byte character; "replace" shows it instead of failing.
@@ -225,12 +230,22 @@ def _unknown_kind(kind: str) -> DataError:
     return DataError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}")
 
 
-def build_tokenizer(kind: str, text: str, vocab_size: int | None = None) -> Tokenizer:
+def raw_bytes_error(kind: str) -> DataError:
+    return DataError(
+        f"the corpus is raw bytes, but only the byte tokenizer reads raw bytes, not {kind}; "
+        "load it as text with load_corpus(source, encoding=...), or use the byte tokenizer"
+    )
+
+
+def build_tokenizer(kind: str, text: str | bytes, vocab_size: int | None = None) -> Tokenizer:
     """A tokenizer of `kind` ("char", "byte" or "bpe") fitted to `text`.
 
     vocab_size is the BPE target (default DEFAULT_BPE_VOCAB_SIZE); char and byte vocabularies are
-    fixed by the text and by UTF-8, so a vocab_size that disagrees with them is an error.
+    fixed by the text and by UTF-8, so a vocab_size that disagrees with them is an error. Raw
+    bytes (from `load_corpus_bytes`) are only for the byte tokenizer.
     """
+    if isinstance(text, bytes) and kind != "byte":
+        raise raw_bytes_error(kind) if kind in TOKENIZER_KINDS else _unknown_kind(kind)
     if kind == "bpe":
         return BPETokenizer.train(text, vocab_size or DEFAULT_BPE_VOCAB_SIZE)
     if kind == "char":

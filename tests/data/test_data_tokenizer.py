@@ -50,6 +50,14 @@ def test_byte_round_trip_non_ascii():
     assert tokenizer.decode(ids[:-1] + [0xE6]) == UNICODE[:-1] + "\ufffd"
 
 
+def test_byte_tokenizer_takes_raw_bytes_as_they_are():
+    tokenizer = ByteTokenizer()
+    data = b"\x00\x89PNG\xff"
+    assert tokenizer.encode(data) == [0, 0x89, 0x50, 0x4E, 0x47, 0xFF]
+    np.testing.assert_array_equal(tokenizer.encode_array(data), tokenizer.encode(data))
+    assert tokenizer.encode_array(data).dtype == np.int32
+
+
 def test_bpe_train_round_trip_and_save(tmp_path):
     pytest.importorskip("tokenizers")
     text = (TEXT + UNICODE) * 20
