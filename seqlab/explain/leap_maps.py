@@ -1,11 +1,13 @@
 """LEAP focus maps: per layer and head, the token-by-token implicit attention and the gate, as PNG.
 
-A LEAP layer (specs/leap.md) averages K and V over the window of each token t with focus
-weights w_j. Its implicit attention A[t, j] = w_j / S_t(1) is a distribution over the window of
-t (zero outside), and the gate a_t = sigmoid(Q_t . Kbar_t / sqrt(d)) scales the row:
+A LEAP layer averages K and V over the window of each token t with focus weights w_j. Its
+implicit attention A[t, j] = w_j / S_t(1) is a distribution over the window of t (zero
+outside), and the gate a_t = sigmoid(Q_t . Kbar_t / sqrt(d)) scales the row:
 y_t = a_t * sum_j A[t, j] V_j. `focus_maps` reads both from
-LeapForCausalLM.forward(..., return_maps=True); `render_focus_maps` draws one PNG per layer
-with one panel per head:
+model.forward(..., return_maps=True) (ModelOutput.maps, one dict per layer) of a model whose
+`supports_focus_maps` is true (every mixer reports its maps: LEAP's do; attention and
+Fastformer's additive pooling do not); `render_focus_maps` draws one PNG per layer with one
+panel per head:
 
 - style "lines" (default), after the appendix of "Attention Is All You Need": the tokens in
   two columns, query t on the left and key j on the right, a line from t to j whose opacity
@@ -19,7 +21,6 @@ caller's backend or leaves figures open.
 Shapes (batch element 0): attention [h, t, t], gate [t, h].
 """
 
-import inspect
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,20 +41,13 @@ DPI = 110
 
 
 def check_explainable(model: torch.nn.Module, name: str | None = None) -> None:
-    """Raise a ConfigError unless `model` can return focus maps (a LEAP model)."""
-    if "return_maps" not in inspect.signature(model.forward).parameters:
+    """Raise a one-line ConfigError unless `model` declares `supports_focus_maps` (LEAP)."""
+    if not getattr(model, "supports_focus_maps", False):
         shown = f"{name!r} ({type(model).__name__})" if name else type(model).__name__
         raise ConfigError(
-            f"explain needs a LEAP checkpoint, but the model is {shown}, which has no focus maps "
-            "(forward(..., return_maps=True)); train one with `seqlab train --model leap`"
+            f"explain needs a LEAP checkpoint, but the model is {shown}, whose layers report no "
+            "focus maps; train one with `seqlab train --model leap`"
         )
-
-
-def _layer_windows(model: torch.nn.Module, num_layers: int) -> list[int | None]:
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "layer_windows"):
-        return list(config.layer_windows())
-    return [getattr(getattr(block, "attn", None), "window", None) for block in model.blocks][:num_layers]
 
 
 @torch.no_grad()
@@ -69,15 +63,14 @@ def focus_maps(model: torch.nn.Module, input_ids: torch.Tensor) -> list[dict]:
         out = model(input_ids, return_maps=True)
     finally:
         model.train(was_training)
-    windows = _layer_windows(model, len(out.maps))
     return [
         {
             "layer": i,
-            "window": windows[i],
+            "window": block.mixer.window,
             "attention": layer["attention"][0].float().cpu(),
             "gate": layer["gate"][0].float().cpu(),
         }
-        for i, layer in enumerate(out.maps)
+        for i, (block, layer) in enumerate(zip(model.blocks, out.maps, strict=True))
     ]
 
 
@@ -318,7 +311,7 @@ def explain_run(
         raise ConfigError(f"unknown style {style!r}; choose one of: {', '.join(STYLES)}")
     model, task, cfg, _ = load_run(run_dir, checkpoint, "cpu")
     check_explainable(model, cfg.model.get("name"))
-    max_seq_len = model.config.max_seq_len
+    max_seq_len = model.max_seq_len
     if max_tokens is None:
         max_tokens = min(DEFAULT_MAX_TOKENS, max_seq_len)
     elif not 1 <= max_tokens <= max_seq_len:

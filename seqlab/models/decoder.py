@@ -76,6 +76,12 @@ class DecoderLM(nn.Module):
         return self.causal and all(block.can_decode for block in self.blocks)
 
     @property
+    def supports_focus_maps(self) -> bool:
+        """Whether forward(return_maps=True) gives one explainability map per block (every
+        mixer appends its own to ctx.maps, as LEAP's does): what `seqlab explain` needs."""
+        return all(getattr(block.mixer, "supports_focus_maps", False) for block in self.blocks)
+
+    @property
     def max_positions(self) -> int | None:
         """Longest sequence the model can read: max_seq_len with learned positions, else None."""
         return self.max_seq_len if self.pos_embed is not None else None

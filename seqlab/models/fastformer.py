@@ -1,36 +1,145 @@
-"""Fastformer causal LM: LEAP's repository's legacy model (spec specs/leap.md, "Fastformer").
+"""Fastformer causal LM: LEAP's repository's legacy model (seed 001: mtanghu/LEAP).
 
-The same model as `LeapForCausalLM` (embedding, positions, pre-norm blocks, tied head, the
-seed's config keywords and window schedule) with the Fastformer additive-attention mixer in
-place of MultiheadLeap. Shares LEAP's focus sums, so it trains in parallel and decodes with
-O(1) recurrent state per layer. Shapes: input_ids [b, t] -> logits [b, t, v].
+    token embedding [+ learned positions] -> num_layers x Block(Fastformer mixer, GELU MLP)
+    -> LN -> logits tied to the embedding
+
+built on seqlab.models.decoder.DecoderLM from seqlab.layers.block.Block(dim,
+FastformerAttention, MLP, "layernorm"). It shares LEAP's configuration conventions (the seed's
+keyword names, the window schedule, the init), through the plain functions of
+seqlab.models.leap, not by inheritance, and LEAP's focus sums, so it trains in parallel and
+decodes with O(1) recurrent state per layer. Positions: "learned", "decay" (the pooled sums
+fade old tokens by gamma_h) or "none"; the additive pooling has no rotary form and no
+per-token attention map (so `seqlab explain` does not apply to it).
+
+Shapes: input_ids [b, t] -> logits [b, t, v].
 """
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
 
 from seqlab.errors import ConfigError
+from seqlab.layers.block import Block
 from seqlab.layers.fastformer import FastformerAttention
-from seqlab.models.leap import PRESETS as LEAP_PRESETS
-from seqlab.models.leap import LeapConfig, LeapForCausalLM
+from seqlab.layers.ffn import make_ffn
+from seqlab.models.decoder import DecoderLM
+from seqlab.models.leap import check_seed_config, init_seed_config, init_seed_weights, seed_window_schedule
+from seqlab.models.output import ModelOutput
+
+POSITIONS = ("learned", "decay", "none")
 
 
 @dataclass(init=False)
-class FastformerConfig(LeapConfig):
-    """LeapConfig with Fastformer's pooling rescale c_r (default 10; None is read as 10)."""
+class FastformerConfig:
+    """Fastformer's config: the seed's keyword names accepted (hidden_size, n_head, ...)."""
+
+    vocab_size: int = 32100
+    dim: int = 256
+    num_heads: int = 4
+    num_layers: int = 4
+    max_seq_len: int = 1024
+    use_local_att: bool = True
+    window_sizes: list[int] | None = None  # None: the seed's schedule; a window >= max_seq_len is global
+    dropout: float = 0.1
+    init_std: float | None = None  # None: 1 / sqrt(dim), the seed's default
+    rescale: float | None = 10.0  # the pooling logits' c_r; None is read as 10 (LEAP's repo)
+    position: str = "learned"  # learned | decay | none
+    mlp_ratio: float = 4.0
+    extra: dict[str, Any] = field(default_factory=dict)  # unknown seed kwargs, kept for round trips
+
+    def __init__(self, **kwargs):
+        init_seed_config(self, kwargs)
 
     def _validate(self) -> None:
+        if self.position == "rotary":
+            raise ConfigError(
+                "FastformerConfig.position 'rotary' is not supported: the additive pooling has no "
+                "rotary form; use learned, decay or none"
+            )
+        check_seed_config(self, POSITIONS)
         if self.rescale is None:
             self.rescale = 10.0
-        if self.position == "rotary":
-            raise ConfigError("fastformer supports position learned | decay | none, not rotary")
-        super()._validate()
+        if isinstance(self.rescale, bool) or not isinstance(self.rescale, (int, float)) or self.rescale <= 0:
+            raise ConfigError(
+                f"FastformerConfig.rescale must be a number > 0 (LEAP's repo uses 10), got {self.rescale!r}"
+            )
+
+    @property
+    def initializer_range(self) -> float:
+        return self.init_std if self.init_std is not None else 1 / math.sqrt(self.dim)
+
+    def layer_windows(self) -> list[int | None]:
+        """Window per layer; None = global (a window >= max_seq_len covers every position)."""
+        return seed_window_schedule(self.num_layers, self.max_seq_len, self.use_local_att, self.window_sizes)
 
 
-PRESETS = {name: dict(values) for name, values in LEAP_PRESETS.items()}
+PRESETS = {
+    # LEAP's sizes, which are gpt's: comparisons are at equal width, depth and context.
+    "tiny": dict(dim=32, num_heads=1, num_layers=2, max_seq_len=32, dropout=0.0),
+    "baby": dict(dim=128, num_heads=4, num_layers=4, max_seq_len=64, dropout=0.0),
+    "small": dict(dim=384, num_heads=6, num_layers=6, max_seq_len=256, dropout=0.0),
+}
 
 
-class FastformerForCausalLM(LeapForCausalLM):
-    mixer = FastformerAttention
+class FastformerForCausalLM(DecoderLM):
+    def __init__(self, config: FastformerConfig):
+        cfg = config
+        blocks = [
+            Block(
+                cfg.dim,
+                FastformerAttention(
+                    cfg.dim,
+                    cfg.num_heads,
+                    window,
+                    cfg.dropout,
+                    rescale=cfg.rescale,
+                    decay=cfg.position == "decay",
+                ),
+                make_ffn(
+                    "mlp", cfg.dim, hidden_dim=int(cfg.mlp_ratio * cfg.dim), dropout=cfg.dropout, bias=True
+                ),
+                "layernorm",
+                bias=True,
+            )
+            for window in cfg.layer_windows()
+        ]
+        super().__init__(
+            cfg,
+            blocks,
+            vocab_size=cfg.vocab_size,
+            dim=cfg.dim,
+            max_seq_len=cfg.max_seq_len,
+            position="learned" if cfg.position == "learned" else "none",
+            dropout=cfg.dropout,
+            norm="layernorm",
+            norm_bias=True,
+        )
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        init_seed_weights(module, self.config.initializer_range)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        cache=None,
+        return_maps: bool = False,
+    ) -> ModelOutput:
+        """LEAP's argument order (input_ids, attention_mask, labels); see LeapForCausalLM."""
+        return super().forward(
+            input_ids,
+            targets=targets,
+            attention_mask=attention_mask,
+            labels=labels,
+            cache=cache,
+            return_maps=return_maps,
+        )
 
 
-__all__ = ["PRESETS", "FastformerConfig", "FastformerForCausalLM"]
+__all__ = ["POSITIONS", "PRESETS", "FastformerConfig", "FastformerForCausalLM"]

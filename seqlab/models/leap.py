@@ -1,19 +1,26 @@
-"""LEAP causal language model (seed 001: mtanghu/LEAP; spec specs/leap.md).
+"""LEAP causal language model (seed 001: mtanghu/LEAP).
 
-token embedding -> positions (learned by default) -> num_layers x [x + LEAP(LN x); x + MLP(LN x)]
--> LN -> logits tied to the embedding. Layers alternate global and windowed focus by the
-seed's default schedule ([N] + [4, 8, 16, N] * k)[:num_layers], N = max_seq_len = global.
+    token embedding [+ learned positions] -> num_layers x Block(LEAP mixer, GELU MLP) -> LN
+    -> logits tied to the embedding
 
-Training runs every layer in parallel form; `make_cache` gives one recurrent state per layer
-so generation costs O(1) per token whatever the context (global layers keep three sums,
-windowed layers their last W entries).
+built on seqlab.models.decoder.DecoderLM from seqlab.layers.block.Block(dim, MultiheadLeap,
+MLP, "layernorm"). Layers alternate global and windowed focus by the seed's default schedule
+([N] + [4, 8, 16, N] * k)[:num_layers], N = max_seq_len = global. Positions: "learned" (the
+seed's, bounded by max_seq_len), "rotary" (on Q, F and K), "decay" (no table: every head's
+focus sums fade old tokens by gamma_h, ALiBi's slopes) or "none".
+
+Training runs every layer in parallel form; `make_cache` gives a seqlab.layers.cache.Cache
+with one recurrent LeapState per layer, so generation costs O(1) per token whatever the
+context (global layers keep three sums, windowed layers their last W entries).
+`forward(..., return_maps=True)` returns each layer's implicit attention and gate in
+ModelOutput.maps (what `seqlab explain` draws).
 
 The seed's public API is kept: `LeapConfig(hidden_size=256, vocab_size=32100, n_head=4,
 use_local_att=True, window_sizes=None, n_positions=1024, n_layer=4, hidden_dropout_prob=0.1,
 initializer_range=None, rescale=None, **kwargs)` and `LeapForCausalLM(config)` whose forward
 takes (input_ids, attention_mask=None, labels=None). Inside seqlab the same config uses the
 package's size names (dim, num_heads, num_layers, max_seq_len); the seed's names are mapped
-in `LeapConfig.__init__` and nowhere else.
+by `init_seed_config` (shared with seqlab.models.fastformer) and nowhere else.
 
 Shapes: input_ids [b, t] -> logits [b, t, v].
 """
@@ -27,11 +34,11 @@ import torch
 from torch import nn
 
 from seqlab.errors import ConfigError
-from seqlab.layers.embedding import check_token_ids
+from seqlab.layers.block import Block
+from seqlab.layers.ffn import make_ffn
 from seqlab.layers.leap import MultiheadLeap, head_dim_warning
-from seqlab.layers.mlp import MLP
-from seqlab.layers.rotary import RotaryEmbedding
-from seqlab.models.output import ModelOutput, lm_loss
+from seqlab.models.decoder import DecoderLM
+from seqlab.models.output import ModelOutput
 
 POSITIONS = ("learned", "rotary", "decay", "none")
 
@@ -44,6 +51,115 @@ SEED_NAMES = {
     "hidden_dropout_prob": "dropout",
     "initializer_range": "init_std",
 }
+SEQLAB_TO_SEED = {name: seed_name for seed_name, name in SEED_NAMES.items()}
+
+
+def init_seed_config(config, kwargs: dict) -> None:
+    """The __init__ of the LEAP-family configs: seed names mapped to seqlab's, unknown keyword
+    arguments kept in `extra` (the seed and Hugging Face configs accept them), the dataclass
+    defaults for the rest, then `config._validate()`."""
+    kwargs = dict(kwargs)
+    cls = type(config).__name__
+    for seed_name, name in SEED_NAMES.items():
+        if seed_name in kwargs:
+            value = kwargs.pop(seed_name)
+            if name in kwargs and kwargs[name] != value:
+                raise ConfigError(
+                    f"{cls} got both {seed_name}={value!r} and {name}={kwargs[name]!r}; give one"
+                )
+            kwargs[name] = value
+    names = {f.name for f in fields(config)}
+    extra = dict(kwargs.pop("extra", None) or {})
+    extra.update({k: kwargs.pop(k) for k in list(kwargs) if k not in names})
+    for f in fields(config):
+        default = f.default_factory() if callable(f.default_factory) else f.default
+        setattr(config, f.name, kwargs.get(f.name, default))
+    config.extra = extra
+    config._validate()
+
+
+def seed_window_schedule(
+    num_layers: int, max_seq_len: int, use_local_att: bool, window_sizes: list[int] | None
+) -> list[int | None]:
+    """Window per layer; None = global (a window >= max_seq_len covers every position).
+
+    window_sizes if given, else the seed's ([N] + [4, 8, 16, N] * k)[:num_layers] with
+    use_local_att, else every layer global.
+    """
+    if window_sizes is not None:
+        windows = window_sizes
+    elif use_local_att:
+        n = max_seq_len
+        windows = ([n] + [4, 8, 16, n] * math.ceil(num_layers / 4))[:num_layers]
+    else:
+        windows = [max_seq_len] * num_layers
+    return [None if w >= max_seq_len else w for w in windows]
+
+
+def _name(key: str) -> str:
+    seed = SEQLAB_TO_SEED.get(key)
+    return f"{key} ({seed})" if seed else key
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_seed_config(config, positions: tuple[str, ...]) -> None:
+    """Validate the fields the LEAP-family configs share; ConfigError naming key, value, range."""
+    cls = type(config).__name__
+
+    def fail(key: str, valid: str) -> None:
+        raise ConfigError(f"{cls}.{_name(key)} must be {valid}, got {getattr(config, key)!r}")
+
+    for key in ("vocab_size", "dim", "num_heads", "num_layers", "max_seq_len"):
+        if not _is_int(getattr(config, key)) or getattr(config, key) < 1:
+            fail(key, "an int >= 1")
+    if config.dim % config.num_heads:
+        raise ConfigError(
+            f"{cls}.dim (hidden_size) {config.dim} must be divisible by num_heads (n_head) "
+            f"{config.num_heads}; change one of them"
+        )
+    if not isinstance(config.use_local_att, bool):
+        fail("use_local_att", "true or false")
+    if not _is_number(config.dropout) or not 0 <= config.dropout < 1:
+        fail("dropout", "a number in [0, 1)")
+    if config.init_std is not None and (not _is_number(config.init_std) or not config.init_std > 0):
+        fail("init_std", "a number > 0, or None for 1 / sqrt(dim)")
+    if config.position not in positions:
+        fail("position", f"one of {', '.join(positions)}")
+    if not _is_number(config.mlp_ratio) or int(config.mlp_ratio * config.dim) < 1:
+        fail("mlp_ratio", "a number > 0 (the MLP's hidden width is mlp_ratio * dim)")
+    if config.window_sizes is not None:
+        windows = config.window_sizes
+        if not isinstance(windows, (list, tuple)) or not all(_is_int(w) and w >= 1 for w in windows):
+            fail(
+                "window_sizes",
+                "a list of positive ints (one window per layer), or None (the seed's schedule)",
+            )
+        if len(windows) != config.num_layers:
+            raise ConfigError(
+                f"{cls}.window_sizes has {len(windows)} entries but n_layer (num_layers) is "
+                f"{config.num_layers}: give one window per layer, or None for the default schedule"
+            )
+        config.window_sizes = list(windows)
+    if not isinstance(config.extra, dict):
+        fail("extra", "a mapping")
+    message = head_dim_warning(config.dim, config.num_heads)
+    if message:
+        warnings.warn(message, stacklevel=5)  # the line that built the config
+
+
+def init_seed_weights(module: nn.Module, std: float) -> None:
+    """The seed's init: normal(0, std) for linear and embedding weights, zero linear biases."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
 
 
 @dataclass(init=False)
@@ -64,44 +180,22 @@ class LeapConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # unknown seed kwargs, kept for round trips
 
     def __init__(self, **kwargs):
-        names = {f.name for f in fields(self)}
-        for seed_name, name in SEED_NAMES.items():
-            if seed_name in kwargs:
-                value = kwargs.pop(seed_name)
-                if name in kwargs and kwargs[name] != value:
-                    raise ConfigError(
-                        f"LeapConfig got both {seed_name}={value!r} and {name}={kwargs[name]!r}"
-                    )
-                kwargs[name] = value
-        extra = dict(kwargs.pop("extra", None) or {})
-        extra.update({k: kwargs.pop(k) for k in list(kwargs) if k not in names})
-        for f in fields(self):
-            default = f.default_factory() if callable(f.default_factory) else f.default
-            setattr(self, f.name, kwargs.get(f.name, default))
-        self.extra = extra
-        self._validate()
+        init_seed_config(self, kwargs)
 
     def _validate(self) -> None:
-        if self.dim % self.num_heads:
+        check_seed_config(self, POSITIONS)
+        if self.rescale is not None and (not _is_number(self.rescale) or not self.rescale > 0):
             raise ConfigError(
-                f"hidden_size (dim) {self.dim} must be divisible by n_head (num_heads) {self.num_heads}"
+                f"LeapConfig.rescale must be None (elu focus) or a number > 0 (exp focus; the seed "
+                f"uses 10), got {self.rescale!r}"
             )
-        if self.position not in POSITIONS:
-            raise ConfigError(f"position {self.position!r} is not one of {POSITIONS}")
-        if self.window_sizes is not None:
-            self.window_sizes = [int(w) for w in self.window_sizes]
-            if len(self.window_sizes) != self.num_layers:
-                raise ConfigError(
-                    f"window_sizes has {len(self.window_sizes)} entries but n_layer (num_layers) is "
-                    f"{self.num_layers}: give one window per layer, or None for the default schedule"
-                )
-            if any(w < 1 for w in self.window_sizes):
-                raise ConfigError(f"window_sizes must be positive, got {self.window_sizes}")
-        if self.rescale is not None and self.rescale <= 0:
-            raise ConfigError(f"rescale must be > 0 (the seed uses 10), got {self.rescale}")
-        message = head_dim_warning(self.dim, self.num_heads)
-        if message:
-            warnings.warn(message, stacklevel=3)
+        if not _is_number(self.rope_base) or not self.rope_base > 1:
+            raise ConfigError(f"LeapConfig.rope_base must be a number > 1, got {self.rope_base!r}")
+        if self.position == "rotary" and (self.dim // self.num_heads) % 2:
+            raise ConfigError(
+                f"LeapConfig.position 'rotary' needs an even head dim, but dim (hidden_size) {self.dim} / "
+                f"num_heads (n_head) {self.num_heads} = {self.dim // self.num_heads}; change n_head"
+            )
 
     @property
     def focus(self) -> str:
@@ -113,14 +207,7 @@ class LeapConfig:
 
     def layer_windows(self) -> list[int | None]:
         """Window per layer; None = global (a window >= max_seq_len covers every position)."""
-        if self.window_sizes is not None:
-            windows = self.window_sizes
-        elif self.use_local_att:
-            n = self.max_seq_len
-            windows = ([n] + [4, 8, 16, n] * math.ceil(self.num_layers / 4))[: self.num_layers]
-        else:
-            windows = [self.max_seq_len] * self.num_layers
-        return [None if w >= self.max_seq_len else w for w in windows]
+        return seed_window_schedule(self.num_layers, self.max_seq_len, self.use_local_att, self.window_sizes)
 
 
 PRESETS = {
@@ -132,124 +219,47 @@ PRESETS = {
 }
 
 
-class LeapBlock(nn.Module):
-    """Pre-norm block around a linear-attention mixer (MultiheadLeap, or Fastformer's)."""
-
-    def __init__(self, cfg: LeapConfig, window: int | None, mixer: type = MultiheadLeap):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.dim)
-        self.attn = mixer(
-            cfg.dim,
-            cfg.num_heads,
-            window,
-            cfg.dropout,
-            focus=cfg.focus,
-            rescale=cfg.rescale,
-            decay=cfg.position == "decay",
-        )
-        self.norm2 = nn.LayerNorm(cfg.dim)
-        self.mlp = MLP(cfg.dim, int(cfg.mlp_ratio * cfg.dim), cfg.dropout, bias=True)
-
-    def forward(self, x, attention_mask=None, rotary=None, state=None, return_maps=False):
-        maps = None
-        if state is not None:
-            a = self.attn.step(self.norm1(x), state, attention_mask, rotary)
-        elif return_maps:
-            a, maps = self.attn(self.norm1(x), attention_mask, rotary, return_maps=True)
-        else:
-            a = self.attn(self.norm1(x), attention_mask, rotary)
-        x = x + a
-        return x + self.mlp(self.norm2(x)), maps
-
-
-@dataclass
-class LeapCache:
-    """Decoding state of a LeapForCausalLM: one LeapState per layer, real tokens per sample."""
-
-    states: list
-    seen: torch.Tensor  # [b] real (unpadded) tokens fed so far: the next learned position
-
-    def layer_states(self):
-        """Every LeapState, in layer order (a Fastformer layer keeps a pair)."""
-        for state in self.states:
-            yield from state if isinstance(state, tuple) else (state,)
-
-    @property
-    def length(self) -> int:
-        """Tokens fed so far, pads included."""
-        return next(self.layer_states()).count if self.states else 0
-
-    def map_batch(self, fn) -> None:
-        """Apply fn to every per-sample tensor (beam reorder, batch select or repeat)."""
-        for state in self.layer_states():
-            state.map_batch(fn)
-        self.seen = fn(self.seen)
-
-    def reset(self) -> None:
-        """Back to an empty context, keeping the buffers."""
-        self.map_batch(torch.zeros_like)
-        for state in self.layer_states():
-            state.count = 0
-
-
-@dataclass
-class LeapOutput(ModelOutput):
-    """ModelOutput plus the explainability maps (per layer) when asked for."""
-
-    maps: list[dict[str, torch.Tensor]] | None = None
-
-
-class LeapForCausalLM(nn.Module):
-    mixer: type = MultiheadLeap
-
+class LeapForCausalLM(DecoderLM):
     def __init__(self, config: LeapConfig):
-        super().__init__()
-        self.config = cfg = config
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.pos_embed = nn.Embedding(cfg.max_seq_len, cfg.dim) if cfg.position == "learned" else None
-        self.rotary = (
-            RotaryEmbedding(cfg.dim // cfg.num_heads, cfg.max_seq_len, cfg.rope_base)
-            if cfg.position == "rotary"
-            else None
+        cfg = config
+        blocks = [
+            Block(
+                cfg.dim,
+                MultiheadLeap(
+                    cfg.dim,
+                    cfg.num_heads,
+                    window,
+                    cfg.dropout,
+                    focus=cfg.focus,
+                    rescale=cfg.rescale,
+                    decay=cfg.position == "decay",
+                ),
+                make_ffn(
+                    "mlp", cfg.dim, hidden_dim=int(cfg.mlp_ratio * cfg.dim), dropout=cfg.dropout, bias=True
+                ),
+                "layernorm",
+                bias=True,
+            )
+            for window in cfg.layer_windows()
+        ]
+        super().__init__(
+            cfg,
+            blocks,
+            vocab_size=cfg.vocab_size,
+            dim=cfg.dim,
+            max_seq_len=cfg.max_seq_len,
+            # "decay" positions live in the mixers' sums: the skeleton adds none.
+            position="none" if cfg.position == "decay" else cfg.position,
+            rotary_dim=cfg.dim // cfg.num_heads,
+            rope_base=cfg.rope_base,
+            dropout=cfg.dropout,
+            norm="layernorm",
+            norm_bias=True,
         )
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(LeapBlock(cfg, w, self.mixer) for w in cfg.layer_windows())
-        self.norm = nn.LayerNorm(cfg.dim)
-        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        self.head.weight = self.embed.weight
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-    @property
-    def max_positions(self) -> int | None:
-        """Longest sequence the model can read: n_positions with learned positions, else None."""
-        return self.config.max_seq_len if self.pos_embed is not None else None
-
-    def make_cache(self, batch_size: int, capacity: int | None = None, device=None) -> LeapCache:
-        """Recurrent decoding state; `capacity` is ignored (the state does not grow with t)."""
-        device = device or self.embed.weight.device
-        states = [block.attn.init_state(batch_size, device) for block in self.blocks]
-        return LeapCache(states, torch.zeros(batch_size, dtype=torch.long, device=device))
-
-    def _positions(self, input_ids, attention_mask, cache):
-        b, t = input_ids.shape
-        if attention_mask is None:
-            mask = torch.ones(b, t, dtype=torch.long, device=input_ids.device)
-        else:
-            mask = attention_mask.long()
-        start = cache.seen[:, None] if cache is not None else 0
-        # Positions count real tokens only, so a left-padded sequence gets the same positions
-        # as the unpadded one.
-        pos = (start + mask.cumsum(1) - 1).clamp(min=0)
-        if cache is not None:
-            cache.seen = cache.seen + mask.sum(1)
-        return pos
+        init_seed_weights(module, self.config.initializer_range)
 
     def forward(
         self,
@@ -257,48 +267,30 @@ class LeapForCausalLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
-        cache: LeapCache | None = None,
+        cache=None,
         return_maps: bool = False,
-    ) -> LeapOutput:
-        """labels: the seed's/HF convention, aligned with input_ids and shifted here (pads and
-        -100 ignored; never modified). targets: seqlab's convention, already shifted."""
-        cfg = self.config
-        check_token_ids(input_ids, cfg.vocab_size)
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
-            raise ValueError(
-                f"attention_mask shape {tuple(attention_mask.shape)} must equal input_ids shape "
-                f"{tuple(input_ids.shape)}"
-            )
-        x = self.embed(input_ids)  # [b, t, c]
-        pos = self._positions(input_ids, attention_mask, cache)
-        if self.pos_embed is not None:
-            # Positions are at most (tokens fed before) + t - 1: read them (a host sync) only when
-            # that bound could pass the table.
-            fed = cache.length if cache is not None else 0
-            if fed + input_ids.shape[1] > cfg.max_seq_len and int(pos.max()) >= cfg.max_seq_len:
-                raise ValueError(
-                    f"sequence reaches position {int(pos.max())} but n_positions (max_seq_len) is "
-                    f"{cfg.max_seq_len} with learned positions; use position='rotary' or 'none' for "
-                    f"unbounded context, or a larger n_positions"
-                )
-            x = x + self.pos_embed(pos)
-        x = self.dropout(x)
-        maps = [] if return_maps else None
-        for i, block in enumerate(self.blocks):
-            state = cache.states[i] if cache is not None else None
-            x, layer_maps = block(x, attention_mask, self.rotary, state, return_maps)
-            if return_maps:
-                maps.append(layer_maps)
-        logits = self.head(self.norm(x))  # [b, t, v]
-        loss = None
-        if targets is not None:
-            loss = lm_loss(logits, targets)
-        elif labels is not None:
-            shifted = labels[:, 1:]  # a new tensor below: the caller's labels are never modified
-            if attention_mask is not None:
-                shifted = shifted.masked_fill(attention_mask[:, 1:] == 0, -100)
-            loss = lm_loss(logits[:, :-1], shifted)
-        return LeapOutput(logits=logits, loss=loss, cache=cache, maps=maps)
+    ) -> ModelOutput:
+        """The seed's argument order (input_ids, attention_mask, labels). labels: the seed's / HF
+        convention, aligned with input_ids and shifted here (pads and -100 ignored; never
+        modified). targets: seqlab's convention, already shifted."""
+        return super().forward(
+            input_ids,
+            targets=targets,
+            attention_mask=attention_mask,
+            labels=labels,
+            cache=cache,
+            return_maps=return_maps,
+        )
 
 
-__all__ = ["PRESETS", "LeapCache", "LeapConfig", "LeapForCausalLM", "LeapOutput"]
+__all__ = [
+    "POSITIONS",
+    "PRESETS",
+    "SEED_NAMES",
+    "LeapConfig",
+    "LeapForCausalLM",
+    "check_seed_config",
+    "init_seed_config",
+    "init_seed_weights",
+    "seed_window_schedule",
+]

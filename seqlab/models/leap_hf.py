@@ -1,4 +1,4 @@
-"""Hugging Face wrapper of the LEAP causal LM (seed 001: mtanghu/LEAP; spec specs/leap.md).
+"""Hugging Face wrapper of the LEAP causal LM (seed 001: mtanghu/LEAP).
 
 Optional: needs the `hf` extra (`pip install -e ".[hf]"`, transformers 5.x). seqlab itself never
 imports this module; importing it registers model_type "leap" with AutoConfig and
@@ -14,10 +14,11 @@ the checkpoint keys are `model.<core key>` and a core model trained by `seqlab t
 exported with `LeapHFForCausalLM.from_core(core).save_pretrained(path)`.
 
 Generation uses the recurrent state as its cache, the way transformers' recurrent models
-(Mamba, xLSTM) do: `forward(use_cache=True)` creates a `LeapHFCache` (a `Cache` holding the
-core's `LeapCache`) and returns it; generate hands it back on every step, and
-`prepare_inputs_for_generation` feeds only the tokens the state has not consumed yet: the
-prompt once, then one token per step, O(1) per token whatever the context.
+(Mamba, xLSTM) do: `forward(use_cache=True)` creates a `LeapHFCache` (a transformers `Cache`
+holding the core's seqlab.layers.cache.Cache, one LeapState per layer) and returns it;
+generate hands it back on every step, and `prepare_inputs_for_generation` feeds only the
+tokens the state has not consumed yet: the prompt once, then one token per step, O(1) per
+token whatever the context.
 
 Departures from the seed: the output projection, the mask handling and the numerics of the
 core model (see seqlab.models.leap); no attentions or hidden states are returned (use the core
@@ -34,8 +35,9 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from seqlab.errors import ConfigError
+from seqlab.layers.cache import Cache as StateCache
 from seqlab.layers.rotary import RotaryEmbedding
-from seqlab.models.leap import SEED_NAMES, LeapCache
+from seqlab.models.leap import SEED_NAMES
 from seqlab.models.leap import LeapConfig as CoreLeapConfig
 from seqlab.models.leap import LeapForCausalLM as CoreLeapForCausalLM
 
@@ -121,7 +123,8 @@ class LeapHFConfig(PreTrainedConfig):
 
 
 class LeapHFCache(Cache):
-    """generate()'s cache for LEAP: the core's recurrent LeapCache (one LeapState per layer).
+    """generate()'s cache for LEAP: the core's recurrent decoding state `state` (a seqlab
+    Cache: one LeapState per layer and the real tokens seen per sample).
 
     It holds no key/value layers: its size does not grow with the context. get_seq_length()
     counts the columns fed so far (pads included), which is how many columns of input_ids
@@ -129,19 +132,19 @@ class LeapHFCache(Cache):
     cannot forget tokens), so assisted decoding is not supported.
     """
 
-    def __init__(self, leap: LeapCache):
+    def __init__(self, state: StateCache):
         super().__init__(layers=[])
-        self.leap = leap
+        self.state = state
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.leap.length
+        return self.state.length
 
     def get_max_length(self, layer_idx: int | None = None) -> int:
         return -1
 
     @property
     def batch_size(self) -> int:
-        return self.leap.seen.shape[0]
+        return self.state.seen.shape[0]
 
     @property
     def is_croppable(self) -> bool:
@@ -152,7 +155,7 @@ class LeapHFCache(Cache):
             raise NotImplementedError("a recurrent LEAP state cannot be cropped: regenerate from the prompt")
 
     def _map_batch(self, fn) -> None:
-        self.leap.map_batch(fn)
+        self.state.map_batch(fn)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self._map_batch(lambda x: x.index_select(0, beam_idx.to(x.device)))
@@ -164,7 +167,7 @@ class LeapHFCache(Cache):
         self._map_batch(lambda x: x.repeat_interleave(repeats, dim=0))
 
     def reset(self) -> None:
-        self.leap.reset()
+        self.state.reset()
 
 
 class LeapHFForCausalLM(PreTrainedModel, GenerationMixin):
@@ -172,7 +175,7 @@ class LeapHFForCausalLM(PreTrainedModel, GenerationMixin):
 
     config: LeapHFConfig
     _tied_weights_keys = {"model.head.weight": "model.embed.weight"}
-    _no_split_modules = ["LeapBlock"]
+    _no_split_modules = ["Block"]
     # A recurrent state cannot be rolled back: generate refuses assisted decoding.
     _is_stateful = True
 
@@ -276,7 +279,7 @@ class LeapHFForCausalLM(PreTrainedModel, GenerationMixin):
             input_ids,
             attention_mask=attention_mask,
             labels=labels,
-            cache=cache.leap if cache is not None else None,
+            cache=cache.state if cache is not None else None,
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if not return_dict:

@@ -234,9 +234,12 @@ class LeapState:
     sum_k, sum_v [b, h, d] and z [b, h]: the window sums S(K), S(V), S(1) of the last token.
     Windowed layers (window not None) also keep the last W entries, oldest first:
     last_w [b, W, h], last_k and last_v [b, W, h, d] (zeros before the first W tokens).
-    decay: gamma [h] of the decay positions, or None. count: tokens seen so far.
+    decay: gamma [h] of the decay positions, or None. length: tokens seen so far.
     A single-stream state (num_streams=1, advanced by `leap_pool_step`) keeps S(x) in sum_k
     and last_k, and has sum_v = last_v = None.
+
+    It follows the per-layer decoding-state protocol of seqlab.layers.cache: `length`,
+    `map_batch(fn)`, `reset()`.
     """
 
     sum_k: Tensor
@@ -246,10 +249,10 @@ class LeapState:
     last_w: Tensor | None = None
     last_k: Tensor | None = None
     last_v: Tensor | None = None
-    count: int = 0
+    length: int = 0
     decay: Tensor | None = None
 
-    # The batch-first tensors (decay and count are per layer, not per sample).
+    # The batch-first tensors (decay and length are per layer, not per sample).
     BATCH_FIELDS = ("sum_k", "sum_v", "z", "last_w", "last_k", "last_v")
 
     def map_batch(self, fn) -> None:
@@ -258,6 +261,15 @@ class LeapState:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, fn(value))
+
+    def reset(self) -> None:
+        """Back to an empty context: zero sums and buffers of the same shapes, length 0.
+
+        New zero tensors rather than zeroing in place: an autograd graph of earlier steps may
+        still hold the old ones.
+        """
+        self.map_batch(torch.zeros_like)
+        self.length = 0
 
 
 def leap_state_init(
@@ -339,7 +351,7 @@ def _advance(state: LeapState, w_t: Tensor, k_t: Tensor, v_t: Tensor | None) -> 
             _advance_sums(state, w_t, k_t, v_t)
     else:  # the common decode path: skip entering a context per token and layer
         _advance_sums(state, w_t, k_t, v_t)
-    state.count += 1
+    state.length += 1
 
 
 def _advance_sums(state: LeapState, w_t: Tensor, k_t: Tensor, v_t: Tensor | None) -> None:
@@ -408,7 +420,7 @@ def leap_state_prefill(state: LeapState, w: Tensor, k: Tensor, v: Tensor | None 
             if v is not None:
                 state.last_v = torch.cat([state.last_v, v], dim=1)[:, -n:]
                 state.sum_v = _weighted_sum(weights, state.last_v)
-    state.count += t
+    state.length += t
 
 
 def _weighted_sum(weights: Tensor, x: Tensor) -> Tensor:

@@ -1,5 +1,6 @@
 """seqlab.explain: LEAP focus maps (shapes, rows are distributions, causal and windowed) drawn
-as readable PNGs in both styles, and `seqlab explain` end to end on a trained run."""
+as readable PNGs in both styles, `seqlab explain` end to end on a trained run, and a one-line
+error for a model without the focus-map capability (gpt, fastformer)."""
 
 import matplotlib.image
 import pytest
@@ -76,10 +77,13 @@ def test_render_rejects_bad_choices(maps, tmp_path, kwargs, message):
         render_focus_maps(maps, tokens(), tmp_path, **kwargs)
 
 
-def test_non_leap_model_is_a_clear_error():
-    gpt = build_model("gpt", "tiny", vocab_size=20)
-    with pytest.raises(ConfigError, match="explain needs a LEAP checkpoint.*GPT"):
-        focus_maps(gpt, torch.zeros(1, 4, dtype=torch.long))
+@pytest.mark.parametrize("name", ["gpt", "fastformer"])
+def test_a_model_without_focus_maps_is_a_clear_error(name):
+    # Decided by the model's explicit capability, not by its forward's signature.
+    model = build_model(name, "tiny", vocab_size=20)
+    assert not getattr(model, "supports_focus_maps", False)  # a model may lack the attribute
+    with pytest.raises(ConfigError, match=f"explain needs a LEAP checkpoint.*{type(model).__name__}"):
+        focus_maps(model, torch.zeros(1, 4, dtype=torch.long))
 
 
 def _train(run_dir, model):
@@ -128,12 +132,15 @@ def test_cli_explain_user_errors_are_one_line(leap_run, argv, message, capsys):
     assert message in err and "Traceback" not in err
 
 
-def test_cli_explain_on_a_gpt_run_says_it_needs_leap(tmp_path, capsys):
-    run_dir = tmp_path / "gpt"
-    _train(run_dir, "gpt")
+@pytest.mark.parametrize("name", ["gpt", "fastformer"])
+def test_cli_explain_on_a_run_without_focus_maps_says_it_needs_leap(tmp_path, capsys, name):
+    # Fastformer used to pass the old signature check and die with a traceback in its mixer.
+    run_dir = tmp_path / name
+    _train(run_dir, name)
     capsys.readouterr()
     assert main(["explain", str(run_dir), "--text", "ROMEO: hello"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
-    assert "explain needs a LEAP checkpoint" in err and "'gpt'" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "explain needs a LEAP checkpoint" in err and f"'{name}'" in err
+    assert "seqlab train --model leap" in err
     assert not (run_dir / "explain").exists()

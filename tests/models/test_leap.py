@@ -1,13 +1,23 @@
-"""LEAP model and layer: invariants of the spec and regressions for the seed's defects."""
+"""LEAP and Fastformer models (DecoderLM + Blocks): invariants of the spec (causality,
+recurrent == parallel, cached == uncached generation, left padding), the config's validation
+and seed names, fastformer by composition, and regressions for the seed's defects. The
+mixers themselves are tested in tests/layers/test_leap_layers.py."""
+
+import dataclasses
 
 import pytest
 import torch
 
 from seqlab.errors import ConfigError
+from seqlab.layers.block import Block
+from seqlab.layers.cache import Cache
+from seqlab.layers.fastformer import FastformerAttention, FastformerState
 from seqlab.layers.leap import MultiheadLeap
+from seqlab.models.decoder import DecoderLM
 from seqlab.models.fastformer import FastformerConfig, FastformerForCausalLM
 from seqlab.models.generation import generate
 from seqlab.models.leap import LeapConfig, LeapForCausalLM
+from seqlab.ops.leap import LeapState
 
 
 def make(fastformer=False, **kw):
@@ -105,16 +115,6 @@ def test_future_tokens_change_no_past_output_and_send_no_gradient(kw):
     assert h.grad[0, 17:].abs().max() == 0 and h.grad[0, :17].abs().max() > 0
 
 
-def test_windowed_layer_ignores_tokens_outside_its_window():
-    torch.manual_seed(0)
-    layer = MultiheadLeap(32, 2, window_size=4, dropout=0.0).eval()
-    x = torch.randn(1, 20, 32)
-    y = x.clone()
-    y[0, :10] = torch.randn(10, 32)
-    torch.testing.assert_close(layer(x)[:, 13:], layer(y)[:, 13:], atol=0, rtol=0)
-    assert not torch.allclose(layer(x)[:, 10:13], layer(y)[:, 10:13])
-
-
 @pytest.mark.parametrize("kw", POSITIONS, ids=IDS)
 def test_left_padded_batch_equals_unpadded_sequence(kw):
     # Defect 3: the seed ignored attention_mask, so left padding changed the last logits.
@@ -143,42 +143,9 @@ def test_labels_are_never_mutated_and_pads_are_ignored():
     torch.testing.assert_close(out.loss, expected)
 
 
-def test_layer_has_an_output_projection():
-    # Defect 5: the seed's layer had no output projection.
-    layer = MultiheadLeap(32, 2, window_size=None)
-    assert layer.proj.weight.shape == (32, 32)
-    assert sum(p.numel() for p in layer.parameters()) == 32 * 128 + 32 * 32 + 32
-
-
-def test_bidirectional_layer_sees_both_sides():
-    torch.manual_seed(0)
-    enc = MultiheadLeap(32, 2, window_size=None, dropout=0.0, causal=False).eval()
-    x = torch.randn(1, 10, 32)
-    y = x.clone()
-    y[0, 8] = torch.randn(32)
-    assert not torch.allclose(enc(x)[:, :8], enc(y)[:, :8])  # the past sees the future
-    with pytest.raises(RuntimeError, match="no recurrent form"):
-        enc.init_state(1)
-
-
-def test_explainability_maps_match_the_layer_output():
-    torch.manual_seed(0)
-    layer = MultiheadLeap(32, 2, window_size=3, dropout=0.0).eval()
-    x = torch.randn(1, 9, 32)
-    out, maps = layer(x, return_maps=True)
-    attn, gate = maps["attention"], maps["gate"]  # [b, h, t, t], [b, t, h]
-    assert attn.shape == (1, 2, 9, 9) and gate.shape == (1, 9, 2)
-    assert torch.all(attn.triu(1) == 0) and torch.all(attn.tril(-3) == 0)  # causal, window 3
-    from einops import rearrange
-
-    _, _, _, v = rearrange(layer.qfkv(x), "b t (four h d) -> four b t h d", four=4, h=2)
-    y = gate.unsqueeze(-1) * torch.einsum("bhtj,bjhd->bthd", attn, v)
-    torch.testing.assert_close(layer.proj(rearrange(y, "b t h d -> b t (h d)")), out, atol=1e-5, rtol=1e-5)
-
-
 def test_learned_positions_beyond_n_positions_are_a_clear_error():
     model = make()
-    with pytest.raises(ValueError, match="n_positions"):
+    with pytest.raises(ValueError, match="max_seq_len is 48 with learned positions"):
         model(torch.randint(0, 50, (1, 49)))
 
 
@@ -188,37 +155,6 @@ def test_generation_past_n_positions_with_learned_positions_crops_like_uncached(
     cached = generate(model, x, 60, temperature=0)
     assert cached.shape == (1, 70)
     assert torch.equal(cached, generate(model, x, 60, temperature=0, use_cache=False))
-
-
-def test_explainability_maps_with_decay_positions_match_the_output():
-    torch.manual_seed(0)
-    layer = MultiheadLeap(32, 2, window_size=None, dropout=0.0, decay=True).eval()
-    x = torch.randn(1, 9, 32)
-    out, maps = layer(x, return_maps=True)
-    from einops import rearrange
-
-    _, _, _, v = rearrange(layer.qfkv(x), "b t (four h d) -> four b t h d", four=4, h=2)
-    y = maps["gate"].unsqueeze(-1) * torch.einsum("bhtj,bjhd->bthd", maps["attention"], v)
-    torch.testing.assert_close(layer.proj(rearrange(y, "b t h d -> b t (h d)")), out, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("window", [1, 3, 7, None])
-@pytest.mark.parametrize(
-    "focus", [dict(), dict(focus="exp", rescale=10.0), dict(decay=True)], ids=["elu", "exp", "decay"]
-)
-def test_layer_recurrent_step_equals_parallel_forward(window, focus):
-    torch.manual_seed(0)
-    layer = MultiheadLeap(64, 2, window_size=window, dropout=0.0, **focus).eval()
-    x = torch.randn(2, 19, 64)
-    state = layer.init_state(2)
-    stepped = torch.cat(
-        [layer.step(x[:, :1], state)] + [layer.step(x[:, i : i + 1], state) for i in range(1, 19)], 1
-    )
-    torch.testing.assert_close(stepped, layer(x), atol=1e-5, rtol=1e-5)
-    if window is not None:
-        assert state.last_k.shape[1] == window  # O(W) state
-    else:
-        assert state.last_k is None and state.sum_k.shape == (2, 2, 32)  # O(1) state
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(fastformer=True)], ids=["leap", "fastformer"])
@@ -247,3 +183,102 @@ def test_cache_reset_gives_an_empty_context(kw):
     cache.reset()
     assert cache.length == 0
     torch.testing.assert_close(model(y, cache=cache).logits, model(y, cache=model.make_cache(2)).logits)
+
+
+@pytest.mark.parametrize("kw", POSITIONS, ids=IDS)
+def test_left_padded_prompt_decodes_like_the_unpadded_one(kw):
+    # Positions count real tokens (cache.seen), pads get zero focus: the padded row's
+    # continuation equals the unpadded sequence's, step by step through the cache.
+    model = make(**kw)
+    seq = torch.randint(1, 50, (1, 14))
+    padded = torch.cat([torch.zeros(1, 4, dtype=torch.long), seq[:, :8]], 1)
+    mask = (torch.arange(12) >= 4).long()[None]
+    cache = model.make_cache(1)
+    pieces = [model(padded, attention_mask=mask, cache=cache).logits[:, 4:]]
+    pieces += [model(seq[:, i : i + 1], cache=cache).logits for i in range(8, 14)]
+    torch.testing.assert_close(torch.cat(pieces, 1), model(seq).logits, atol=2e-5, rtol=1e-4)
+    assert cache.length == 18 and cache.seen.tolist() == [14]
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(fastformer=True)], ids=["leap", "fastformer"])
+def test_models_are_decoder_lms_of_blocks_with_one_state_per_layer(kw):
+    model = make(**kw)
+    mixer = FastformerAttention if kw else MultiheadLeap
+    assert isinstance(model, DecoderLM) and model.causal and model.can_decode
+    assert all(isinstance(b, Block) and isinstance(b.mixer, mixer) for b in model.blocks)
+    assert [b.mixer.window for b in model.blocks] == model.config.layer_windows() == [None, 4, 8, 16]
+    cache = model.make_cache(2)
+    assert isinstance(cache, Cache) and len(cache.layers) == 4
+    assert all(isinstance(s, FastformerState if kw else LeapState) for s in cache.layers)
+    keys = set(model.state_dict())
+    assert "blocks.0.mixer.proj.weight" in keys and "blocks.0.ffn.fc.weight" in keys
+
+
+def test_fastformer_is_composed_not_inherited():
+    assert not issubclass(FastformerConfig, LeapConfig)
+    assert not issubclass(FastformerForCausalLM, LeapForCausalLM)
+    cfg = FastformerConfig(hidden_size=64, n_head=2, n_layer=3, n_positions=32, rescale=None)
+    assert (cfg.dim, cfg.num_heads, cfg.num_layers, cfg.max_seq_len, cfg.rescale) == (64, 2, 3, 32, 10.0)
+    assert cfg.layer_windows() == [None, 4, 8]
+    assert "rope_base" not in {f.name for f in dataclasses.fields(FastformerConfig)}
+    with pytest.raises(ConfigError, match="position 'rotary' is not supported"):
+        FastformerConfig(hidden_size=64, n_head=2, position="rotary")
+
+
+def test_only_leap_supports_focus_maps():
+    assert make().supports_focus_maps
+    assert not make(fastformer=True).supports_focus_maps
+    out = make()(torch.randint(0, 50, (1, 7)), return_maps=True)
+    assert len(out.maps) == 4 and out.maps[0]["attention"].shape == (1, 2, 7, 7)
+    assert make()(torch.randint(0, 50, (1, 7))).maps is None
+
+
+def test_seed_argument_order_of_forward():
+    # The seed's forward(input_ids, attention_mask, labels), positionally.
+    model = make()
+    x = torch.randint(1, 50, (2, 9))
+    mask = torch.ones_like(x)
+    mask[0, :2] = 0
+    out = model(x, mask, x)
+    expected = model(x, attention_mask=mask, labels=x)
+    torch.testing.assert_close(out.loss, expected.loss, atol=0, rtol=0)
+    # seqlab's already-shifted targets give the loss of the HF-style labels.
+    torch.testing.assert_close(model(x[:, :-1], targets=x[:, 1:]).loss, model(x, labels=x).loss)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(hidden_size=0), r"dim \(hidden_size\) must be an int >= 1, got 0"),
+        (dict(n_head=0), r"num_heads \(n_head\) must be an int >= 1, got 0"),
+        (dict(n_layer=0), r"num_layers \(n_layer\) must be an int >= 1"),
+        (dict(n_positions=0), r"max_seq_len \(n_positions\) must be an int >= 1"),
+        (dict(vocab_size=0), r"vocab_size must be an int >= 1"),
+        (dict(hidden_size=64, n_head=3), "must be divisible by num_heads"),
+        (
+            dict(hidden_dropout_prob=1.0),
+            r"dropout \(hidden_dropout_prob\) must be a number in \[0, 1\), got 1.0",
+        ),
+        (dict(hidden_dropout_prob=-0.1), r"must be a number in \[0, 1\)"),
+        (dict(initializer_range=0.0), r"init_std \(initializer_range\) must be a number > 0"),
+        (dict(position="alibi"), "position must be one of learned, rotary, decay, none, got 'alibi'"),
+        (dict(rescale=0), "rescale must be None"),
+        (dict(rope_base=1.0), "rope_base must be a number > 1"),
+        (dict(mlp_ratio=0.0), "mlp_ratio must be a number > 0"),
+        (dict(window_sizes=[4, 0, 8, 16]), "window_sizes must be a list of positive ints"),
+        (dict(use_local_att="yes"), "use_local_att must be true or false"),
+        (dict(hidden_size=66, n_head=2, position="rotary"), "needs an even head dim"),
+        (dict(hidden_size=64, dim=32), "got both hidden_size=64 and dim=32"),
+    ],
+)
+def test_every_config_field_is_validated(kwargs, message):
+    base = dict(hidden_size=64, n_head=2, vocab_size=50)
+    with pytest.raises(ConfigError, match=message):
+        LeapConfig(**{**base, **kwargs})
+
+
+def test_fastformer_config_is_validated_too():
+    with pytest.raises(ConfigError, match="FastformerConfig.num_heads"):
+        FastformerConfig(hidden_size=64, n_head=0)
+    with pytest.raises(ConfigError, match="FastformerConfig.rescale must be a number > 0"):
+        FastformerConfig(hidden_size=64, n_head=2, rescale=-1.0)

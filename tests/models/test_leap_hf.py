@@ -9,6 +9,7 @@ pytest.importorskip("transformers")
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
 from seqlab.errors import ConfigError  # noqa: E402
+from seqlab.layers.cache import Cache as StateCache  # noqa: E402
 from seqlab.models import leap_hf  # noqa: E402
 from seqlab.models.leap import LeapForCausalLM as CoreLeap  # noqa: E402
 from seqlab.models.leap_hf import CACHE_NAME, LeapConfig, LeapForCausalLM, LeapHFCache  # noqa: E402
@@ -93,6 +94,18 @@ def test_save_pretrained_round_trip(tmp_path, position):
     torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
 
 
+def test_a_changed_rope_base_survives_save_pretrained(tmp_path):
+    # The base is saved state of the core model: from_pretrained uses the base training reached.
+    model = make(position="rotary")
+    model.model.set_base(777.0)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert loaded.model.rotary.base == 777.0
+    torch.testing.assert_close(loaded.model.rotary.cos, model.model.rotary.cos, rtol=0, atol=0)
+    ids = torch.randint(0, 97, (1, 9))
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
 def test_loss_is_the_core_loss_and_labels_stay_unmodified():
     model = make()
     ids = torch.randint(1, 97, (2, 12))
@@ -145,6 +158,7 @@ def test_generate_feeds_one_token_per_step_through_the_cache():
     assert lengths == [6] + [1] * 9
     cache = getattr(out, CACHE_NAME)
     assert isinstance(cache, LeapHFCache) and cache.get_seq_length() == 15
+    assert isinstance(cache.state, StateCache) and cache.state.seen.tolist() == [15, 15]
     lengths.clear()
     model.generate(torch.randint(0, 97, (2, 6)), do_sample=False, max_new_tokens=4, use_cache=False)
     assert lengths == [6, 7, 8, 9]

@@ -1,7 +1,7 @@
 """Tests of seqlab.ops.leap: fast window sums and pooling vs the reference loop (outputs and
 gradients), with and without decay; recurrent == parallel, causality and window locality,
 pads, the attention map, the long-sequence numerics of the spec (bf16, and decay at t = 8192),
-focus weights and gates, ALiBi decay.
+focus weights and gates, ALiBi decay, the decoding-state protocol (length, map_batch, reset).
 """
 
 import math
@@ -189,7 +189,28 @@ def test_recurrent_state_memory_is_constant_in_context():
     assert windowed.last_k.shape == (b, window, h, d) and windowed.last_w.shape == (b, window, h)
     torch.testing.assert_close(windowed.last_v, v[:, -window:])
     assert glob.last_k is None and glob.sum_k.shape == (b, h, d) and glob.z.shape == (b, h)
-    assert windowed.count == glob.count == 40
+    assert windowed.length == glob.length == 40
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_state_protocol_map_batch_and_reset(window):
+    # The per-layer decoding-state protocol of seqlab.layers.cache: length, map_batch, reset.
+    b, h, d = 3, 2, 4
+    state = leap_state_init(b, h, d, window, decay=alibi_decay(h))
+    w, k, v = make_inputs(b, 6, h, d, dtype=torch.float32)
+    for i in range(6):
+        leap_recurrent_step(state, w[:, i], k[:, i], v[:, i])
+    order = torch.tensor([2, 0, 1])
+    before = state.sum_v.clone()
+    state.map_batch(lambda x: x.index_select(0, order))
+    torch.testing.assert_close(state.sum_v, before[order], atol=0, rtol=0)
+    assert state.length == 6
+    state.reset()
+    fresh = leap_state_init(b, h, d, window, decay=alibi_decay(h))
+    assert state.length == 0
+    for name in type(state).BATCH_FIELDS:
+        if getattr(fresh, name) is not None:
+            torch.testing.assert_close(getattr(state, name), getattr(fresh, name), atol=0, rtol=0)
 
 
 def test_recurrent_window_does_not_drift_after_a_huge_entry_leaves():
@@ -522,7 +543,7 @@ def test_state_prefill_equals_feeding_tokens_one_by_one(window, decay, streams):
     # Two chunks: an empty state, then a non-empty one.
     leap_state_prefill(chunked, w[:, :9], k[:, :9], v[:, :9] if streams == 2 else None)
     leap_state_prefill(chunked, w[:, 9:], k[:, 9:], v[:, 9:] if streams == 2 else None)
-    assert chunked.count == stepped.count == t
+    assert chunked.length == stepped.length == t
     for name in ("sum_k", "sum_v", "z", "last_w", "last_k", "last_v"):
         a, b_ = getattr(chunked, name), getattr(stepped, name)
         assert (a is None) == (b_ is None), name
