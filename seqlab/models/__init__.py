@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from seqlab.config import from_dict
 from seqlab.errors import ConfigError
-from seqlab.models import fastformer, gpt, leap, lfm
+from seqlab.models import fastformer, gpt, leap, lfm, stack
 from seqlab.models import xtransformers as xt
 from seqlab.models.output import ModelOutput
 
@@ -45,6 +45,13 @@ MODELS: dict[str, ModelEntry] = {
     ),
     "lfm_series": ModelEntry(
         lfm.LFMSeriesConfig, lfm.LFMForecaster, lfm.PRESETS, "forecast", "LFModel next-value forecaster (MSE)"
+    ),
+    "stack": ModelEntry(
+        stack.StackConfig,
+        stack.StackLM,
+        stack.PRESETS,
+        "lm",
+        "mix and match: per-layer mixer and feed-forward (model.layers)",
     ),
 }
 

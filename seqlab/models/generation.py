@@ -1,7 +1,8 @@
 """Autoregressive generation for any seqlab token model: greedy, temperature, top-k, top-p.
 
-Models that define `make_cache(batch_size, capacity)` decode incrementally (KV cache for
-softmax attention, recurrent state for linear attention); others recompute the prefix.
+Models whose `can_decode` is true decode incrementally through `make_cache(batch_size,
+capacity)` (one per-layer state per block: KV caches for attention, recurrent sums for
+LEAP, past inputs for token mixing, mixed freely in a `stack`); others recompute the prefix.
 """
 
 import torch
@@ -62,7 +63,7 @@ def generate(
     limit = getattr(model, "max_positions", None)
     done = 0
     try:
-        if use_cache and hasattr(model, "make_cache") and (limit is None or ids.shape[1] <= limit):
+        if use_cache and getattr(model, "can_decode", False) and (limit is None or ids.shape[1] <= limit):
             cache = model.make_cache(ids.shape[0], ids.shape[1] + max_new_tokens)
             logits = model(ids, cache=cache).logits[:, -1]
             while done < max_new_tokens:
