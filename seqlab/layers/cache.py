@@ -8,9 +8,11 @@ per-layer state has
     map_batch(fn)    apply fn to each per-sample tensor (beam reorder, select, repeat)
     reset()          back to an empty context, keeping the buffers
 
-`KVState` is softmax attention's: keys, values (and which keys are pads) in preallocated
-buffers [b, h, capacity, d] that double when full (amortized O(1) per token). LEAP's,
-Fastformer's and token mixing's live beside their ops and layers.
+`KVState` is softmax self-attention's: keys, values (and which keys are pads) in preallocated
+buffers [b, h, capacity, d] that double when full (amortized O(1) per token); a sliding
+window forgets the keys it will never read again. `CrossKVState` is cross-attention's: the
+memory's keys and values, projected once per source. LEAP's, Fastformer's and token mixing's
+states live beside their ops and layers.
 
 `Cache` is a model's decoding state: one per-layer state per block (None for a block that
 keeps none), plus `seen` [b], the real (unpadded) tokens per sample so far, from which
@@ -25,6 +27,15 @@ import torch
 
 
 class KVState:
+    """Softmax self-attention's decoding state: the keys and values seen so far.
+
+    k, v [b, h, capacity, d] hold the `stored` most recent keys in slots [0, stored); older
+    ones may have been forgotten (a sliding window never reads them again), so
+    `length = start + stored` counts every token consumed. key_mask [b, capacity] says which
+    stored keys are real tokens; it is reported only once some call gave a padding mask, so
+    unpadded decoding keeps its mask-free fast path.
+    """
+
     def __init__(
         self,
         batch_size: int,
@@ -38,7 +49,13 @@ class KVState:
         self.k = torch.zeros(shape, device=device, dtype=dtype or torch.float32)
         self.v = torch.zeros_like(self.k)
         self.key_mask = torch.ones(batch_size, max(capacity, 1), dtype=torch.bool, device=device)
-        self.length = 0
+        self.padded = False  # some call gave a padding mask: report key_mask from now on
+        self.start = 0  # tokens forgotten before slot 0
+        self.stored = 0
+
+    @property
+    def length(self) -> int:
+        return self.start + self.stored
 
     @property
     def capacity(self) -> int:
@@ -52,23 +69,61 @@ class KVState:
 
     def update(self, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None):
         """Append k, v [b, h, t, d] (and their padding mask [b, t], True = real token);
-        return every key, value and key mask so far: [b, h, length, d] x 2, [b, length]."""
-        t = k.shape[2]
-        end = self.length + t
+        return the stored keys, values and key mask: [b, h, stored, d] x 2 and [b, stored]
+        (None while no call gave a padding mask). The returned tensors are views of the
+        buffers: read them before the next update or forget."""
+        end = self.stored + k.shape[2]
         if end > self.capacity:
             self._grow(end)
-        self.k[:, :, self.length : end] = k.to(self.k.dtype)
-        self.v[:, :, self.length : end] = v.to(self.v.dtype)
+        self.k[:, :, self.stored : end] = k  # slice assignment casts to the buffer's dtype
+        self.v[:, :, self.stored : end] = v
         if key_mask is not None:
-            self.key_mask[:, self.length : end] = key_mask.bool()
-        self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end], self.key_mask[:, :end]
+            self.key_mask[:, self.stored : end] = key_mask.bool()
+            self.padded = True
+        self.stored = end
+        return self.k[:, :, :end], self.v[:, :, :end], self.key_mask[:, :end] if self.padded else None
+
+    def forget(self, keep: int) -> None:
+        """Keep only the last `keep` stored keys (a sliding window never reads older ones).
+        Moves them to the front only once as many again have piled up, so the copy costs
+        O(1) per token, amortized, and the buffer stays within about 2 * keep slots."""
+        drop = self.stored - keep
+        if drop <= 0 or drop < max(keep, 1):
+            return
+        self.k[:, :, :keep] = self.k[:, :, drop : self.stored].clone()
+        self.v[:, :, :keep] = self.v[:, :, drop : self.stored].clone()
+        self.key_mask[:, :keep] = self.key_mask[:, drop : self.stored].clone()
+        self.key_mask[:, keep:].fill_(True)
+        self.start += drop
+        self.stored = keep
 
     def map_batch(self, fn) -> None:
         self.k, self.v, self.key_mask = fn(self.k), fn(self.v), fn(self.key_mask)
 
     def reset(self) -> None:
         self.key_mask.fill_(True)
+        self.padded = False
+        self.start = self.stored = 0
+
+
+class CrossKVState:
+    """Cross-attention's decoding state: the keys and values of the memory (the encoder
+    output), projected on the first call and reused by every decoding step after it.
+
+    k, v [b, h, s, d] and key_mask [b, s] (None = no padding) are None until that first
+    call; `length` counts the decoder tokens consumed.
+    """
+
+    def __init__(self):
+        self.k = self.v = self.key_mask = None
+        self.length = 0
+
+    def map_batch(self, fn) -> None:
+        self.k, self.v, self.key_mask = (t if t is None else fn(t) for t in (self.k, self.v, self.key_mask))
+
+    def reset(self) -> None:
+        """Forget the memory too: the next call projects a new source."""
+        self.k = self.v = self.key_mask = None
         self.length = 0
 
 
@@ -111,20 +166,4 @@ class Cache:
         self.extra.clear()
 
 
-class KVCache:
-    """LEGACY (pre-refactor global cache), kept only until models/gpt.py moves to KVState; delete then."""
-
-    def __init__(self, num_layers, batch_size, num_heads, head_dim, capacity, device="cpu", dtype=torch.float32):
-        self.states = [KVState(batch_size, num_heads, head_dim, capacity, device, dtype) for _ in range(num_layers)]
-        self.length = 0
-
-    def update(self, layer, k, v):
-        state = self.states[layer]
-        state.length = self.length
-        return state.update(k, v)[:2]
-
-    def advance(self, t):
-        self.length += t
-
-
-__all__ = ["Cache", "KVState"]
+__all__ = ["Cache", "CrossKVState", "KVState"]

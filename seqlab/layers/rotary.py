@@ -49,6 +49,15 @@ class RotaryEmbedding(nn.Module):
     def base(self) -> float:
         return float(self.base_value)
 
+    def _apply(self, fn, recurse=True):
+        # model.to(torch.bfloat16) / .half() would round the base itself (10000 -> 9984 in
+        # bf16) and with it every table built later; only the device of the base may change.
+        base = self.base_value
+        super()._apply(fn, recurse)
+        if self.base_value.dtype != torch.float64:
+            self.base_value = base.to(self.base_value.device)
+        return self
+
     def _rebuild(self) -> None:
         with torch.no_grad():
             self._build(self.cos.shape[0])
@@ -82,7 +91,9 @@ class RotaryEmbedding(nn.Module):
         max_position: an upper bound of the positions (exclusive) when the caller knows it,
         so growing the tables needs no read of `positions` (a host sync on GPU).
         """
-        end = max_position if max_position is not None else int(positions.max()) + 1 if positions.numel() else 0
+        end = (
+            max_position if max_position is not None else int(positions.max()) + 1 if positions.numel() else 0
+        )
         if end > self.cos.shape[0]:
             # Grow on demand (generation past the training context): positions are relative,
             # so longer tables only extrapolate, they never change earlier positions.

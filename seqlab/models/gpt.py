@@ -5,6 +5,12 @@ Token embedding (tied with the output head) -> num_layers x [x + attn(norm x); x
 GELU or SwiGLU MLP, LayerNorm or RMSNorm, KV-cache decoding. Every other architecture in seqlab
 is measured against this model at the same width, depth and token budget.
 
+Built from the shared pieces: seqlab.models.decoder.DecoderLM (embedding, positions, padding,
+cache, head) over seqlab.layers.block.Block(Attention, feed-forward). Initialization is
+GPT-2's: every weight ~ N(0, init_std), the residual output projections (attention `proj`,
+MLP `proj`) ~ N(0, init_std / sqrt(2 num_layers)) so the residual stream's variance does not
+grow with depth.
+
 Shapes: input_ids [b, t] -> logits [b, t, v].
 """
 
@@ -14,13 +20,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from seqlab.layers.attention import CausalSelfAttention
-from seqlab.layers.cache import KVCache
-from seqlab.layers.embedding import check_token_ids
-from seqlab.layers.mlp import make_mlp
-from seqlab.layers.norm import make_norm
-from seqlab.layers.rotary import RotaryEmbedding
-from seqlab.models.output import ModelOutput, lm_loss
+from seqlab.errors import ConfigError
+from seqlab.layers.attention import Attention
+from seqlab.layers.block import Block
+from seqlab.layers.ffn import make_ffn
+from seqlab.layers.norm import NORMS
+from seqlab.models.decoder import DecoderLM
+
+# GPTConfig.mlp names the activation; the feed-forward registry names the layer.
+MLPS = {"gelu": "mlp", "swiglu": "swiglu"}
 
 
 @dataclass
@@ -39,6 +47,39 @@ class GPTConfig:
     window: int | None = None  # sliding-window attention span; None = full causal
     init_std: float = 0.02
 
+    def __post_init__(self):
+        for name in ("vocab_size", "dim", "num_layers", "num_heads", "max_seq_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"model.{name} must be an int >= 1, got {value!r}")
+        if self.dim % self.num_heads:
+            raise ConfigError(
+                f"model.num_heads={self.num_heads} must divide model.dim={self.dim}: pick a divisor of dim "
+                f"(with an even quotient, the head dim)"
+            )
+        if (self.dim // self.num_heads) % 2:
+            raise ConfigError(
+                f"rotary positions need an even head dim, but model.dim={self.dim} / "
+                f"model.num_heads={self.num_heads} = {self.dim // self.num_heads}: change dim or num_heads"
+            )
+        if self.mlp not in MLPS:
+            raise ConfigError(f"model.mlp must be one of {', '.join(MLPS)}, got {self.mlp!r}")
+        if self.norm not in NORMS:
+            raise ConfigError(f"model.norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if not self.mlp_ratio > 0 or int(self.mlp_ratio * self.dim) < 1:
+            raise ConfigError(
+                f"model.mlp_ratio must be > 0 (hidden width mlp_ratio * dim), got {self.mlp_ratio}"
+            )
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"model.dropout must lie in [0, 1), got {self.dropout}")
+        if not self.rope_base > 1:
+            raise ConfigError(f"model.rope_base must be > 1, got {self.rope_base}")
+        window = self.window
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+            raise ConfigError(f"model.window must be null (full attention) or an int >= 1, got {window!r}")
+        if not self.init_std > 0:
+            raise ConfigError(f"model.init_std must be > 0, got {self.init_std}")
+
 
 PRESETS = {
     "tiny": dict(dim=32, num_layers=2, num_heads=2, max_seq_len=32),
@@ -48,30 +89,29 @@ PRESETS = {
 }
 
 
-class Block(nn.Module):
+def gpt_block(cfg: GPTConfig) -> Block:
+    attn = Attention(cfg.dim, cfg.num_heads, window=cfg.window, dropout=cfg.dropout, bias=cfg.bias)
+    ffn = make_ffn(
+        MLPS[cfg.mlp], cfg.dim, hidden_dim=int(cfg.mlp_ratio * cfg.dim), dropout=cfg.dropout, bias=cfg.bias
+    )
+    return Block(cfg.dim, attn, ffn, cfg.norm, bias=cfg.bias)
+
+
+class GPT(DecoderLM):
     def __init__(self, cfg: GPTConfig):
-        super().__init__()
-        self.norm1 = make_norm(cfg.norm, cfg.dim, cfg.bias)
-        self.attn = CausalSelfAttention(cfg.dim, cfg.num_heads, cfg.dropout, cfg.bias, cfg.window)
-        self.norm2 = make_norm(cfg.norm, cfg.dim, cfg.bias)
-        self.mlp = make_mlp(cfg.mlp, cfg.dim, int(cfg.mlp_ratio * cfg.dim), cfg.dropout, cfg.bias)
-
-    def forward(self, x, rotary, cache=None, layer_idx=0):
-        x = x + self.attn(self.norm1(x), rotary, cache, layer_idx)
-        return x + self.mlp(self.norm2(x))
-
-
-class GPT(nn.Module):
-    def __init__(self, cfg: GPTConfig):
-        super().__init__()
-        self.config = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.rotary = RotaryEmbedding(cfg.dim // cfg.num_heads, cfg.max_seq_len, cfg.rope_base)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
-        self.norm = make_norm(cfg.norm, cfg.dim, cfg.bias)
-        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        self.head.weight = self.embed.weight
+        super().__init__(
+            cfg,
+            [gpt_block(cfg) for _ in range(cfg.num_layers)],
+            vocab_size=cfg.vocab_size,
+            dim=cfg.dim,
+            max_seq_len=cfg.max_seq_len,
+            position="rotary",
+            rotary_dim=cfg.dim // cfg.num_heads,
+            rope_base=cfg.rope_base,
+            dropout=cfg.dropout,
+            norm=cfg.norm,
+            norm_bias=cfg.bias,
+        )
         self.apply(self._init_weights)
         self._scale_residual_projections()
 
@@ -86,38 +126,16 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def _scale_residual_projections(self) -> None:
-        # GPT-2: residual output projections get std / sqrt(2 * num_layers) so the residual
-        # stream's variance does not grow with depth.
         std = self.config.init_std / math.sqrt(2 * self.config.num_layers)
         for block in self.blocks:
-            nn.init.normal_(block.attn.proj.weight, mean=0.0, std=std)
-            nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=std)
+            nn.init.normal_(block.mixer.proj.weight, mean=0.0, std=std)
+            nn.init.normal_(block.ffn.proj.weight, mean=0.0, std=std)
 
-    def make_cache(self, batch_size: int, capacity: int, device=None, dtype=None) -> KVCache:
-        p = self.embed.weight
-        cfg = self.config
-        return KVCache(
-            cfg.num_layers,
-            batch_size,
-            cfg.num_heads,
-            cfg.dim // cfg.num_heads,
-            capacity,
-            device or p.device,
-            dtype or p.dtype,
-        )
+    def set_window(self, window: int | None) -> None:
+        """Sliding-window size of every attention layer (None = full causal attention); saved
+        with the model's state."""
+        for block in self.blocks:
+            block.mixer.set_window(window)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        targets: torch.Tensor | None = None,
-        cache: KVCache | None = None,
-    ) -> ModelOutput:
-        check_token_ids(input_ids, self.config.vocab_size)
-        x = self.dropout(self.embed(input_ids))  # [b, t, c]
-        for i, block in enumerate(self.blocks):
-            x = block(x, self.rotary, cache, i)
-        if cache is not None:
-            cache.advance(input_ids.shape[1])
-        logits = self.head(self.norm(x))  # [b, t, v]
-        loss = lm_loss(logits, targets) if targets is not None else None
-        return ModelOutput(logits=logits, loss=loss, cache=cache)
+
+__all__ = ["GPT", "GPTConfig", "PRESETS"]

@@ -75,7 +75,7 @@ class XTransformersCache:
 
     x-transformers returns a new `LayerIntermediates` from every cached call instead of
     writing into a buffer; this holder keeps the latest one, so `generate` can pass the same
-    object to every call as it does for `KVCache`.
+    object to every call as it does for seqlab's `Cache`.
     """
 
     def __init__(self):
@@ -87,6 +87,8 @@ class XTransformersCache:
 
 
 class XTransformersLM(nn.Module):
+    can_decode = True  # causal, with a cache: generate() decodes through make_cache
+
     def __init__(self, cfg: XTransformersConfig):
         super().__init__()
         xt = _import_x_transformers()

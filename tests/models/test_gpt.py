@@ -1,10 +1,12 @@
-"""Baseline transformer invariants: causality, cached == full, sliding window, RoPE set_base."""
+"""Baseline transformer invariants: causality, cached == full, sliding window, left padding,
+saved window and RoPE base, config validation."""
 
 import pytest
 import torch
 
 from seqlab.errors import ConfigError, TokenRangeError
-from seqlab.layers.rotary import RotaryEmbedding
+from seqlab.layers.attention import Attention
+from seqlab.layers.cache import KVState
 from seqlab.models import build_model
 from seqlab.models.generation import generate, sample_next
 
@@ -66,20 +68,94 @@ def test_sliding_window_ignores_tokens_outside_the_window():
     assert not torch.allclose(model(x).logits[:, 10:13], model(y).logits[:, 10:13])
 
 
-def test_rope_set_base_recomputes_buffers_in_place():
-    rope = RotaryEmbedding(16, 32, base=10000)
-    cos_ptr, sin_ptr = rope.cos.data_ptr(), rope.sin.data_ptr()
-    rope.set_base(500.0)
-    fresh = RotaryEmbedding(16, 32, base=500.0)
-    assert (rope.cos.data_ptr(), rope.sin.data_ptr()) == (cos_ptr, sin_ptr)  # same storage
-    torch.testing.assert_close(rope.cos, fresh.cos)
-    torch.testing.assert_close(rope.sin, fresh.sin)
+def test_windowed_decoding_past_the_window_equals_recomputation_and_forgets_old_keys():
+    torch.manual_seed(0)
+    model = build_model("gpt", "tiny", vocab_size=40, window=3).eval()
+    x = torch.randint(0, 40, (2, 40))  # longer than max_seq_len: rotary tables grow
+    full = model(x).logits
+    cache = model.make_cache(2, 40)
+    pieces = [model(x[:, :9], cache=cache).logits]
+    pieces += [model(x[:, i : i + 1], cache=cache).logits for i in range(9, 40)]
+    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
+    assert cache.length == 40
+    assert all(isinstance(s, KVState) and s.stored <= 6 for s in cache.layers)
+
+
+def _greedy(model, ids, steps, attention_mask=None):
+    """Greedy continuation through the cache, prefilling with a padding mask if given."""
+    cache = model.make_cache(ids.shape[0], ids.shape[1] + steps)
+    logits = model(ids, attention_mask=attention_mask, cache=cache).logits[:, -1]
+    out = []
+    for _ in range(steps):
+        nxt = logits.argmax(-1)
+        out.append(nxt)
+        logits = model(nxt[:, None], cache=cache).logits[:, -1]
+    return torch.stack(out, 1)
+
+
+def test_left_padded_prompts_give_the_unpadded_logits_and_continuation(model):
+    prompts = [torch.randint(1, 40, (n,)) for n in (9, 4, 6)]
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros(3, width, dtype=torch.long)
+    mask = torch.zeros(3, width, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :], mask[i, width - len(p) :] = p, 1
+    padded_logits = model(ids, attention_mask=mask).logits
+    assert torch.isfinite(padded_logits).all()
+    batch = _greedy(model, ids, 12, attention_mask=mask)
+    for i, p in enumerate(prompts):
+        alone = model(p[None]).logits
+        torch.testing.assert_close(padded_logits[i, width - len(p) :], alone[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(batch[i], _greedy(model, p[None], 12)[0])
+
+
+def test_set_window_and_set_base_survive_a_state_dict_round_trip():
+    torch.manual_seed(0)
     model = build_model("gpt", "tiny", vocab_size=40).eval()
-    x = torch.randint(0, 40, (1, 16))
+    x = torch.randint(0, 40, (1, 24))
     before = model(x).logits
-    model.rotary.set_base(100.0)
-    assert not torch.allclose(before, model(x).logits)
-    assert "rotary.cos" not in model.state_dict()
+    model.set_window(4)
+    model.set_base(500.0)
+    changed = model(x).logits
+    assert not torch.allclose(before, changed)
+    state = model.state_dict()
+    assert "rotary.cos" not in state
+    assert float(state["rotary.base_value"]) == 500.0
+    assert all(int(state[f"blocks.{i}.mixer.window_size"]) == 4 for i in range(2))
+    fresh = build_model("gpt", "tiny", vocab_size=40).eval()
+    fresh.load_state_dict(state)
+    assert fresh.rotary.base == 500.0
+    assert all(block.mixer.window == 4 for block in fresh.blocks)
+    torch.testing.assert_close(fresh(x).logits, changed)
+    model.set_window(None)
+    assert all(block.mixer.window is None for block in model.blocks)
+    with pytest.raises(ValueError, match="window"):
+        model.set_window(0)
+
+
+def test_blocks_are_the_shared_block_with_attention():
+    model = build_model("gpt", "tiny", vocab_size=40)
+    assert all(isinstance(block.mixer, Attention) for block in model.blocks)
+    assert model.causal and model.can_decode
+
+
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        (dict(dim=30, num_heads=4), "num_heads"),
+        (dict(dim=30, num_heads=10), "even head dim"),
+        (dict(num_layers=0), "num_layers"),
+        (dict(dropout=1.0), "dropout"),
+        (dict(mlp="relu"), "model.mlp"),
+        (dict(norm="batchnorm"), "model.norm"),
+        (dict(window=0), "model.window"),
+        (dict(rope_base=1.0), "rope_base"),
+        (dict(mlp_ratio=0.0), "mlp_ratio"),
+    ],
+)
+def test_bad_config_values_raise_config_errors_naming_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        build_model("gpt", "tiny", **overrides)
 
 
 def test_out_of_vocabulary_ids_raise_a_clear_error(model):
