@@ -162,3 +162,35 @@ def load_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping at its top level")
     return data
+
+
+def check_fields(
+    cfg,
+    *,
+    positive_ints: tuple[str, ...] = (),
+    above: dict[str, float] | None = None,
+    unit: tuple[str, ...] = (),
+    choices: dict[str, tuple] | None = None,
+    where: str = "model",
+) -> None:
+    """Validate config fields, raising ConfigError naming `where.key`, the value and the range.
+
+    positive_ints: ints >= 1. above: {key: bound} floats strictly above bound. unit: floats in
+    [0, 1) (dropout-like). choices: {key: allowed values}.
+    """
+    for key in positive_ints:
+        value = getattr(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{where}.{key} must be an int >= 1, got {value!r}")
+    for key, bound in (above or {}).items():
+        value = getattr(cfg, key)
+        if not value > bound:  # also catches NaN
+            raise ConfigError(f"{where}.{key} must be > {bound}, got {value!r}")
+    for key in unit:
+        value = getattr(cfg, key)
+        if not 0 <= value < 1:
+            raise ConfigError(f"{where}.{key} must lie in [0, 1), got {value!r}")
+    for key, allowed in (choices or {}).items():
+        value = getattr(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{where}.{key} must be one of {', '.join(map(str, allowed))}, got {value!r}")

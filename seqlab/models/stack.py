@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from seqlab.config import parse_scalar
+from seqlab.config import check_fields, parse_scalar
 from seqlab.errors import ConfigError
 from seqlab.layers.block import Block
 from seqlab.layers.ffn import FFNS, make_ffn
 from seqlab.layers.mixers import MIXERS, make_mixer
 from seqlab.layers.norm import NORMS
-from seqlab.models.decoder import DecoderLM
+from seqlab.models.decoder import POSITIONS, DecoderLM
 
 
 @dataclass(frozen=True)
@@ -124,28 +124,17 @@ class StackConfig:
     init_std: float = 0.02
 
     def __post_init__(self):
-        for key in ("vocab_size", "dim", "num_layers", "num_heads", "max_seq_len"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"stack {key} must be a positive int, got {value!r}")
+        check_fields(
+            self,
+            positive_ints=("vocab_size", "dim", "num_layers", "num_heads", "max_seq_len"),
+            above={"mlp_ratio": 0, "rope_base": 1, "init_std": 0},
+            unit=("dropout",),
+            choices={"norm": NORMS, "ffn": tuple(FFNS) + ("none",), "position": POSITIONS},
+        )
         if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
             raise ConfigError(
-                f"stack dim {self.dim} must be divisible by num_heads {self.num_heads} into an even head dim"
+                f"model.num_heads={self.num_heads} must divide model.dim={self.dim} into an even head dim"
             )
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"stack dropout must lie in [0, 1), got {self.dropout}")
-        if not self.mlp_ratio > 0:
-            raise ConfigError(f"stack mlp_ratio must be > 0, got {self.mlp_ratio}")
-        if self.norm not in NORMS:
-            raise ConfigError(f"stack norm {self.norm!r} is not one of {NORMS}")
-        if self.ffn not in FFNS:
-            raise ConfigError(f"stack ffn {self.ffn!r} is not one of {tuple(FFNS)}")
-        if self.position not in ("rotary", "learned", "none"):
-            raise ConfigError(f"stack position {self.position!r} is not one of rotary, learned, none")
-        if not self.rope_base > 1:
-            raise ConfigError(f"stack rope_base must be > 1, got {self.rope_base}")
-        if not self.init_std > 0:
-            raise ConfigError(f"stack init_std must be > 0, got {self.init_std}")
         if self.layers is not None:
             self.num_layers = len(parse_layers(self.layers))
 

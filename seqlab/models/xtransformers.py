@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from seqlab.config import check_fields
 from seqlab.errors import ConfigError
 from seqlab.layers.embedding import check_token_ids
 from seqlab.models.gpt import PRESETS
@@ -57,6 +58,17 @@ class XTransformersConfig:
     dropout: float = 0.0
     rope_base: float = 10000.0
     init_std: float = 0.02
+
+    def __post_init__(self):
+        check_fields(
+            self,
+            positive_ints=("vocab_size", "dim", "num_layers", "num_heads", "max_seq_len"),
+            above={"mlp_ratio": 0, "rope_base": 1, "init_std": 0},
+            unit=("dropout",),
+            choices={"mlp": ("gelu", "swiglu"), "norm": ("layernorm", "rmsnorm")},
+        )
+        if self.dim % self.num_heads:
+            raise ConfigError(f"model.num_heads={self.num_heads} must divide model.dim={self.dim}")
 
 
 def _import_x_transformers():
