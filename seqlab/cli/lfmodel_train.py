@@ -6,17 +6,105 @@
     lfmodel_train --data prices.csv --column close   any CSV column(s)
     lfmodel_train --hyperparameters a.json --training b.json
 
-Argument parsing and printing only; the work is seqlab.train.simple.run_lfmodel_train. Prints
-one train-loss line per epoch, then the one-step-ahead forecast errors on the val and test parts
-in the series' original units for LFModel, the naive (last value) and the seasonal-naive
-forecasts, and the MoE gate entropies. Errors print one line and exit with status 2.
+run_lfmodel_train is the seed's whole path, wired from the package's parts: the series split by
+time (seqlab.tasks.forecast.ForecastTask: 80/10/10, standardized with train statistics), at most
+num_samples train windows of sequence_length points, the lfm_series model (LFMForecaster:
+features -> token_dim -> LFModel -> features) trained with the seed's loop
+(seqlab.models.lfm_compat.train_model), then the one-step forecast metrics on val and test
+against the naive and seasonal-naive forecasts, in original units, with the gate entropies.
+main() parses the arguments and prints: one train-loss line per epoch, then those errors for
+LFModel, the naive (last value) and the seasonal-naive forecasts, and the MoE gate entropies.
+Errors (a bad file or key, missing data, a loss that became NaN) print one line and exit with
+status 2.
 """
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import Any
 
-from seqlab.data.series import BUILTIN_SERIES, NAN_POLICIES
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from seqlab.data.series import BUILTIN_SERIES, NAN_POLICIES, read_series
 from seqlab.errors import SeqlabError
+from seqlab.models import count_parameters
+from seqlab.models.lfm_compat import (
+    LFMHyperparameters,
+    LFMTraining,
+    load_seed_config,
+    seed_forecaster,
+    train_model,
+)
+from seqlab.tasks.forecast import ForecastTask
+
+
+def run_lfmodel_train(
+    hyperparameters: LFMHyperparameters,
+    training: LFMTraining,
+    data: str = "sunspots",
+    column: str | None = None,
+    *,
+    season: int | None = None,
+    nan: str = "interpolate",
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+    log: Callable[[str], None] | None = tqdm.write,
+) -> dict[str, Any]:
+    """Train LFModel on a real series the seed's way and measure it against naive forecasts.
+
+    Returns the series description, parameter count, per-epoch losses and the val/test metrics
+    of ForecastTask.evaluate (mse, mae, naive_*, seasonal_*, mse_vs_*, gate entropies).
+    """
+    h, t = hyperparameters, training
+    series = read_series(data, column, nan=nan)
+    task = ForecastTask(
+        series.values,
+        t.sequence_length,
+        season=series.season if season is None else season,
+        name=series.name,
+        columns=series.columns,
+    )
+    if log is not None:
+        n_train, n_val, n = task.train_end, task.val_end, len(series.values)
+        log(
+            f"{series.name} ({', '.join(series.columns)}): {n} points, train/val/test {n_train}/"
+            f"{n_val - n_train}/{n - n_val}, windows of {t.sequence_length}, season {task.season or '-'}"
+        )
+        for note in series.notes:
+            log(f"{series.name}: {note}")
+    torch.manual_seed(seed)
+    model = seed_forecaster(h, t.sequence_length, task.num_features).to(device)
+    windows = task.windows("train")
+    keep = slice(-t.num_samples, None)  # the most recent train windows
+    x, y = windows["inputs"][keep], windows["targets"][keep]
+    loader = DataLoader(
+        TensorDataset(x, y),
+        batch_size=t.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    if log is not None:
+        log(
+            f"LFModel {count_parameters(model) / 1e6:.3f}M parameters on {device}, {len(x)} train windows "
+            f"(num_samples {t.num_samples}), {t.num_epochs} epochs"
+        )
+    losses = train_model(model, loader, t.num_epochs, t.learning_rate, progress=progress, log=log)
+    return {
+        "series": series.name,
+        "columns": series.columns,
+        "notes": series.notes,
+        "points": len(series.values),
+        "split_points": [task.train_end, task.val_end, len(series.values)],
+        "season": task.season,
+        "parameters": count_parameters(model),
+        "train_windows": len(x),
+        "epoch_losses": losses,
+        "val": task.evaluate(model, "val"),
+        "test": task.evaluate(model, "test"),
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,13 +161,6 @@ def format_summary(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from seqlab.train.simple import (
-            LFMHyperparameters,
-            LFMTraining,
-            load_seed_config,
-            run_lfmodel_train,
-        )
-
         hyperparameters = load_seed_config(args.hyperparameters, LFMHyperparameters)
         training = load_seed_config(args.training, LFMTraining)
         result = run_lfmodel_train(

@@ -2,7 +2,7 @@
 
     W'(a) = W + DeltaW(a)           y = x W'(a)^T + bias
 
-from LFM_Entropy / kyegomez/LFM (spec specs/lfm.md). Two generators of DeltaW:
+from LFM_Entropy (davidwynter/LFM_Entropy, model code from kyegomez/LFM). Two generators of DeltaW:
 
 - "lowrank" (default): DeltaW(a) = U diag(g(a)) V with U [out, r], V [r, in] and a learned
   g = Linear(adapt_dim, r). Computed without forming any [out, in] weight per sample:

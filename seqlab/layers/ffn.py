@@ -2,31 +2,122 @@
 
     make_ffn("mlp", dim, hidden_dim=4 * dim)     GELU MLP (GPT-2)
     make_ffn("swiglu", dim, hidden_dim=...)      SwiGLU (Shazeer 2020)
+    make_ffn("adaptive", dim, adapt_dim=32)      LFM's adaptive MLP (ChannelMixing): its weights
+                                                 W + DeltaW(ctx.adapt); options rank, generator
+    make_ffn("moe", dim, num_experts=4)          mixture of experts, every expert a feed-forward
+                                                 of this registry (expert="mlp" | "swiglu" |
+                                                 "adaptive"); options top_k, gate, adapt_dim,
+                                                 lambda_entropy, entropy_mode, load_balance_coef,
+                                                 z_loss_coef, impl (and rank, generator for
+                                                 adaptive experts)
 
 Every entry follows the feed-forward protocol of seqlab.layers.block: `forward(x, ctx)`,
 x [b, t, c] -> [b, t, c], auxiliary losses and metrics through `ctx.add_aux` /
 `ctx.add_metric`. An entry is a factory `(dim, *, hidden_dim, dropout, bias, **options)`;
-options it does not know are an error that names them.
+options it does not know are an error that names them. hidden_dim defaults to 4 * dim (for
+"moe": the hidden width of each expert).
+
+"moe" defaults to what works in any block: a token gate (routes on x, so no adapt input is
+needed), top-2 routing over 4 MLP experts and the Switch load-balancing loss (coefficient
+0.01). "adaptive" experts, gate="sequence" and the "adaptive" entry read ctx.adapt, the adapt
+input of width adapt_dim (default 32) that an LFM featurizer (seqlab.layers.mixing.
+AdaptFeaturizer) puts in the context; a model without one gets an error saying so.
 """
 
 from collections.abc import Callable
 
 from torch import nn
 
+from seqlab.layers.mixing import ChannelMixing
 from seqlab.layers.mlp import MLP, SwiGLU
+from seqlab.layers.moe import MixtureOfExperts
 
 
 def _mlp(dim: int, *, hidden_dim: int | None = None, dropout: float = 0.0, bias: bool = False) -> nn.Module:
     return MLP(dim, hidden_dim or 4 * dim, dropout, bias)
 
 
-def _swiglu(dim: int, *, hidden_dim: int | None = None, dropout: float = 0.0, bias: bool = False) -> nn.Module:
+def _swiglu(
+    dim: int, *, hidden_dim: int | None = None, dropout: float = 0.0, bias: bool = False
+) -> nn.Module:
     return SwiGLU(dim, hidden_dim or 4 * dim, dropout, bias)
+
+
+def _adaptive(
+    dim: int,
+    *,
+    hidden_dim: int | None = None,
+    dropout: float = 0.0,
+    bias: bool = True,
+    adapt_dim: int = 32,
+    rank: int = 8,
+    generator: str = "lowrank",
+) -> nn.Module:
+    return ChannelMixing(
+        dim,
+        adapt_dim,
+        hidden_dim=hidden_dim or 4 * dim,
+        rank=rank,
+        generator=generator,
+        dropout=dropout,
+        bias=bias,
+    )
+
+
+def _moe(
+    dim: int,
+    *,
+    hidden_dim: int | None = None,
+    dropout: float = 0.0,
+    bias: bool | None = None,
+    num_experts: int = 4,
+    expert: str = "mlp",
+    top_k: int | None = 2,
+    gate: str = "token",
+    adapt_dim: int = 32,
+    lambda_entropy: float = 0.0,
+    entropy_mode: str = "sample",
+    load_balance_coef: float = 0.01,
+    z_loss_coef: float = 0.0,
+    impl: str = "fast",
+    rank: int | None = None,
+    generator: str | None = None,
+) -> nn.Module:
+    if expert not in FFNS or expert == "moe":
+        choices = ", ".join(k for k in FFNS if k != "moe")
+        raise ValueError(f"unknown expert {expert!r} for the moe feed-forward; choose one of {choices}")
+    options = dict(hidden_dim=hidden_dim, dropout=dropout)
+    if bias is not None:
+        options["bias"] = bias
+    if expert == "adaptive":
+        options.update(adapt_dim=adapt_dim)
+        options.update({k: v for k, v in (("rank", rank), ("generator", generator)) if v is not None})
+    elif rank is not None or generator is not None:
+        raise ValueError(f"rank and generator are options of adaptive experts, not of expert={expert!r}")
+
+    def make_expert() -> nn.Module:
+        return FFNS[expert](dim, **options)
+
+    return MixtureOfExperts(
+        dim,
+        num_experts,
+        make_expert,
+        gate=gate,
+        adapt_dim=adapt_dim,
+        top_k=top_k,
+        lambda_entropy=lambda_entropy,
+        entropy_mode=entropy_mode,
+        load_balance_coef=load_balance_coef,
+        z_loss_coef=z_loss_coef,
+        impl=impl,
+    )
 
 
 FFNS: dict[str, Callable[..., nn.Module]] = {
     "mlp": _mlp,
     "swiglu": _swiglu,
+    "adaptive": _adaptive,
+    "moe": _moe,
 }
 
 

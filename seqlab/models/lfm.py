@@ -1,16 +1,23 @@
-"""LFModel (LFM_Entropy, seed 000; spec specs/lfm.md) and its causal language model "lfm".
+"""LFModel (LFM_Entropy, seed 000: davidwynter/LFM_Entropy) and its models "lfm" and "lfm_series".
 
     adapt = featurizer(x)                  a summary of the sequence, [b, a] or [b, t, a]
-    num_layers x [x + TokenMixing(LN x, adapt)        mixes positions (causal: j <= t)
-                  x + ChannelMixing(LN x, adapt)      adaptive MLP over features
-                  x + MixtureOfExperts(LN x, adapt)]  entropy-regularized adaptive experts
+    layer i = two seqlab.layers.block.Block:
+        "mix{i}": x + TokenMixing(LN x)       mixes positions (causal: j <= t)
+                  x + ChannelMixing(LN x)     adaptive MLP over features
+        "moe{i}": x + MixtureOfExperts(LN x)  entropy-regularized adaptive experts
     y = Linear(LN x)
+
+Every adaptive sublayer reads the adapt input from the block Context (ctx.adapt); the MoE
+reports its losses and gate statistics there, under its block's name ("moe{i}/entropy",
+"moe{i}/h_sample", "moe{i}/load{e}", ...), and the models return them in ModelOutput.
 
 The seed's API is kept: `LFModel(token_dim, channel_dim, expert_dim, adapt_dim, num_experts,
 lambda_entropy=0.01)`, `forward(x [b, t, token_dim]) -> [b, t, token_dim]` (a plain tensor,
 for the seed's MSE path), and `entropy_regularization_loss(model, loss)` (seqlab.ops.entropy)
-adds the MoE terms of the latest forward; `model.aux_losses()` and `model.metrics()` return
-them by name ("moe{i}/entropy", "moe{i}/h_sample", "moe{i}/load{e}", ...).
+adds the MoE terms of the latest forward. That is the one exception to "nothing is left on a
+module": called the seed's way (without a Context), LFModel keeps its latest forward's aux
+losses and metrics in `last_aux_losses` / `last_metrics` (also `aux_losses()` / `metrics()`).
+Called with a Context, as the registered models call it, it keeps nothing.
 
 Causal adapt input. The seed summarizes the whole sequence into one adapt vector per
 sample, so every position's weights depend on the future. In causal mode (the default; what
@@ -20,30 +27,44 @@ AdaptiveLinear then uses one effective weight per (sample, position), which the 
 generator applies without materializing it, and the per-sequence MoE gate becomes one gate
 per prefix. With causal=False the featurizer is the seed's per-sample mean, [b, a].
 
+Decoding. A causal LFModel decodes from a seqlab.layers.cache.Cache (`make_cache`): one
+TokenMixingState per token-mixing block (the normed inputs it mixes; the MoE blocks keep
+none) and the featurizer's running sum and count of LN(x_j) in `cache.extra`
+(seqlab.layers.mixing.AdaptFeaturizer). A new token costs O(t) (one row of each mixing
+matrix), not a recomputed prefix. Positions end at max_seq_len (the mixing matrices have one
+row per position): a call that would pass it is a ConfigError naming max_seq_len, and
+`max_positions` tells seqlab.models.generation to recompute a cropped prefix from there, as
+uncached decoding does.
+
 Dimensions. The seed chained its layers without residuals, which forced token_dim ==
 channel_dim == expert_dim. Here the residual stream has width token_dim; channel_dim is the
 hidden width of channel mixing and expert_dim the hidden width of each expert (their first
 adaptive layer projects into it, their second back to token_dim, which plays the seed's
-output Linear(expert_dim, token_dim) role), so any combination is valid. Departures (all
-listed in the spec's defects): residuals, pre-norms and nonlinearities added; the seed had
-none and computed one affine map per sample.
+output Linear(expert_dim, token_dim) role), so any combination is valid. Departures from the
+seed, each fixing one of its defects: residuals, pre-norms and nonlinearities added (it had
+none and computed one affine map per sample).
 
-LFMForCausalLM ("lfm" in the registry): token embedding -> LFModel(causal) -> logits tied to
-the embedding; forward(input_ids, targets=None) -> ModelOutput with the MoE terms in
-aux_losses and the gate entropies and loads in metrics.
+LFMForCausalLM ("lfm"): token embedding -> LFModel(causal) -> logits tied to the embedding.
+LFMForecaster ("lfm_series"): series features -> Linear -> LFModel(causal) -> Linear -> the
+next value of every feature (seqlab.layers.series.SeriesModel, which holds the backbone: it is
+registered once).
 
-Shapes: x [b, t, c] -> [b, t, c] (c = token_dim); input_ids [b, t] -> logits [b, t, v].
+Shapes: x [b, t, c] -> [b, t, c] (c = token_dim); input_ids [b, t] -> logits [b, t, v];
+series [b, t, f] -> predictions [b, t, f].
 """
 
+import functools
 from dataclasses import dataclass
 
-import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqlab.errors import ConfigError
 from seqlab.layers.adaptive import GENERATORS
+from seqlab.layers.block import Block, Context, blocks_init_state
+from seqlab.layers.cache import Cache
 from seqlab.layers.embedding import check_token_ids
-from seqlab.layers.mixing import ChannelMixing, TokenMixing
+from seqlab.layers.mixing import AdaptFeaturizer, ChannelMixing, TokenMixing
 from seqlab.layers.moe import GATES, MixtureOfExperts
 from seqlab.layers.series import SeriesModel
 from seqlab.models.output import ModelOutput, lm_loss
@@ -84,9 +105,15 @@ class LFMConfig:
             "num_heads",
             "adapt_dim",
             "num_experts",
+            "rank",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"lfm {name} must be a positive int, got {getattr(self, name)}")
+        for name in ("channel_dim", "expert_dim"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(
+                    f"lfm {name} must be a positive int or null (= dim), got {getattr(self, name)}"
+                )
         if self.dim % self.num_heads:
             raise ConfigError(f"lfm dim {self.dim} must be divisible by num_heads {self.num_heads}")
         if self.top_k is not None and not 1 <= self.top_k <= self.num_experts:
@@ -94,6 +121,13 @@ class LFMConfig:
                 f"lfm top_k must be null (dense) or lie in [1, num_experts={self.num_experts}], "
                 f"got {self.top_k}"
             )
+        for name in ("load_balance_coef", "z_loss_coef"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"lfm {name} must be >= 0 (0 = off), got {getattr(self, name)}")
+        if not abs(self.lambda_entropy) < float("inf"):
+            raise ConfigError(f"lfm lambda_entropy must be a finite number, got {self.lambda_entropy}")
+        if not self.init_std > 0:
+            raise ConfigError(f"lfm init_std must be > 0, got {self.init_std}")
         for name, choices in (
             ("gate", GATES),
             ("entropy_mode", ENTROPY_MODES),
@@ -112,41 +146,32 @@ PRESETS = {
 }
 
 
-class LFBlock(nn.Module):
-    """Pre-norm residual block: token mixing, channel mixing, MoE; moe_kwargs go to the MoE."""
-
-    def __init__(
-        self,
-        dim: int,
-        channel_dim: int,
-        expert_dim: int,
-        adapt_dim: int,
-        *,
-        max_seq_len: int,
-        causal: bool,
-        num_heads: int,
-        rank: int,
-        generator: str,
-        **moe_kwargs,
-    ):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.token_mixing = TokenMixing(
-            dim, adapt_dim, max_seq_len, causal, num_heads=num_heads, rank=rank, generator=generator
-        )
-        self.norm2 = nn.LayerNorm(dim)
-        self.channel_mixing = ChannelMixing(
-            dim, adapt_dim, hidden_dim=channel_dim, rank=rank, generator=generator
-        )
-        self.norm3 = nn.LayerNorm(dim)
-        self.moe = MixtureOfExperts(
-            dim, adapt_dim=adapt_dim, hidden_dim=expert_dim, rank=rank, generator=generator, **moe_kwargs
-        )
-
-    def forward(self, x: Tensor, adapt: Tensor) -> Tensor:
-        x = x + self.token_mixing(self.norm1(x), adapt)
-        x = x + self.channel_mixing(self.norm2(x), adapt)
-        return x + self.moe(self.norm3(x), adapt)
+def lfm_blocks(
+    dim: int,
+    channel_dim: int,
+    expert_dim: int,
+    adapt_dim: int,
+    *,
+    num_layers: int,
+    max_seq_len: int,
+    causal: bool,
+    num_heads: int,
+    rank: int,
+    generator: str,
+    **moe_kwargs,
+) -> list[Block]:
+    """LFM's layers as Blocks: layer i is Block "mix{i}" (token mixing, channel mixing) and
+    Block "moe{i}" (the mixture of adaptive experts alone); moe_kwargs go to the MoE."""
+    adaptive = dict(rank=rank, generator=generator)
+    blocks = []
+    for i in range(num_layers):
+        mixer = TokenMixing(dim, adapt_dim, max_seq_len, causal, num_heads=num_heads, **adaptive)
+        channel = ChannelMixing(dim, adapt_dim, hidden_dim=channel_dim, **adaptive)
+        expert = functools.partial(ChannelMixing, dim, adapt_dim, hidden_dim=expert_dim, **adaptive)
+        moe = MixtureOfExperts(dim, expert=expert, adapt_dim=adapt_dim, **moe_kwargs)
+        blocks.append(Block(dim, mixer, channel, "layernorm", bias=True, name=f"mix{i}"))
+        blocks.append(Block(dim, None, moe, "layernorm", bias=True, name=f"moe{i}"))
+    return blocks
 
 
 class LFModel(nn.Module):
@@ -186,14 +211,14 @@ class LFModel(nn.Module):
         if bad:
             raise ConfigError(f"LFModel sizes must be positive ints, got {bad}")
         self.token_dim, self.max_seq_len, self.causal = token_dim, max_seq_len, causal
-        self.featurizer_norm = nn.LayerNorm(token_dim)
-        self.featurizer = nn.Linear(token_dim, adapt_dim)
+        self.featurizer = AdaptFeaturizer(token_dim, adapt_dim, causal)
         self.blocks = nn.ModuleList(
-            LFBlock(
+            lfm_blocks(
                 token_dim,
                 channel_dim,
                 expert_dim,
                 adapt_dim,
+                num_layers=num_layers,
                 max_seq_len=max_seq_len,
                 causal=causal,
                 num_heads=num_heads,
@@ -208,43 +233,66 @@ class LFModel(nn.Module):
                 z_loss_coef=z_loss_coef,
                 impl=impl,
             )
-            for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(token_dim)
         self.output = nn.Linear(token_dim, token_dim)
+        # The seed API's aux losses / metrics of the latest forward called without a Context.
+        self.last_aux_losses: dict[str, Tensor] = {}
+        self.last_metrics: dict[str, Tensor] = {}
 
-    def adapt_input(self, x: Tensor) -> Tensor:
-        """The featurizer: [b, t, a] running-mean summary of each prefix (causal), else [b, a]."""
-        h = self.featurizer_norm(x).float()
-        if self.causal:
-            count = torch.arange(1, x.shape[1] + 1, device=x.device, dtype=h.dtype)
-            summary = h.cumsum(1) / count[:, None]  # [b, t, c]
-        else:
-            summary = h.mean(1)  # [b, c]
-        return self.featurizer(summary.to(x.dtype))
+    @property
+    def can_decode(self) -> bool:
+        return self.causal
 
-    def forward(self, x: Tensor) -> Tensor:
+    def make_cache(self, batch_size: int, capacity: int | None = None, device=None, dtype=None) -> Cache:
+        """Decoding state for batch_size sequences of up to capacity (<= max_seq_len) tokens."""
+        if not self.causal:
+            raise ValueError("a bidirectional LFModel (causal=False) cannot decode token by token")
+        p = self.featurizer.proj.weight
+        device, dtype = device or p.device, dtype or p.dtype
+        capacity = min(capacity or self.max_seq_len, self.max_seq_len)
+        layers = blocks_init_state(self.blocks, batch_size, capacity, device, dtype)
+        return Cache(layers)
+
+    def adapt_input(self, x: Tensor, cache: Cache | None = None) -> Tensor:
+        """The featurizer: [b, t, a] running-mean summary of each prefix (causal), else [b, a].
+        With a cache its running sum continues from the tokens seen (and is updated)."""
+        return self.featurizer(x, cache=cache)
+
+    def forward(self, x: Tensor, ctx: Context | None = None, cache: Cache | None = None) -> Tensor:
+        """x [b, t, token_dim] -> [b, t, token_dim]. The MoE terms go to ctx (aux, metrics);
+        without a ctx (the seed's call) they are kept in last_aux_losses / last_metrics."""
         if x.dim() != 3 or x.shape[-1] != self.token_dim:
             raise ValueError(
                 f"LFModel wants x [batch, seq_len, token_dim={self.token_dim}], got {tuple(x.shape)}"
             )
-        if x.shape[1] > self.max_seq_len:
-            raise ValueError(
-                f"sequence of {x.shape[1]} positions is longer than the model's max_seq_len "
-                f"{self.max_seq_len}: build it with a larger max_seq_len or feed shorter windows"
+        start = cache.length if cache is not None else 0
+        if start + x.shape[1] > self.max_seq_len:
+            seen = f" ({start} decoded before this call)" if start else ""
+            raise ConfigError(
+                f"sequence of {start + x.shape[1]} positions{seen} is longer than the model's "
+                f"max_seq_len {self.max_seq_len}: build it with a larger max_seq_len or feed shorter "
+                "windows (generation recomputes a cropped prefix past it)"
             )
-        adapt = self.adapt_input(x)
-        for block in self.blocks:
-            x = block(x, adapt)
+        seed_call = ctx is None
+        ctx = Context() if seed_call else ctx
+        ctx.adapt = self.adapt_input(x, cache)
+        for i, block in enumerate(self.blocks):
+            x = block(x, ctx, cache.layers[i] if cache is not None else None)
+        ctx.adapt = None
+        if seed_call:
+            self.last_aux_losses, self.last_metrics = ctx.aux, ctx.metrics
         return self.output(self.norm(x))
 
     def aux_losses(self) -> dict[str, Tensor]:
-        """The MoE losses of the latest forward, by name: moe{i}/entropy, load_balance, z_loss."""
-        return {f"moe{i}/{k}": v for i, b in enumerate(self.blocks) for k, v in b.moe.last_aux_losses.items()}
+        """The seed API: the MoE losses of the latest forward called without a Context, by name:
+        moe{i}/entropy, load_balance, z_loss."""
+        return dict(self.last_aux_losses)
 
     def metrics(self) -> dict[str, Tensor]:
-        """Gate statistics of the latest forward: moe{i}/h_sample, h_usage, load{e}."""
-        return {f"moe{i}/{k}": v for i, b in enumerate(self.blocks) for k, v in b.moe.last_metrics.items()}
+        """The seed API: gate statistics of the latest forward called without a Context:
+        moe{i}/h_sample, h_usage, load{e}."""
+        return dict(self.last_metrics)
 
 
 def build_backbone(cfg: LFMConfig) -> LFModel:
@@ -272,6 +320,11 @@ def build_backbone(cfg: LFMConfig) -> LFModel:
 
 
 class LFMForCausalLM(nn.Module):
+    """ "lfm": input_ids [b, t] -> embedding -> causal LFModel -> tied logits [b, t, v]."""
+
+    causal = True
+    can_decode = True
+
     def __init__(self, config: LFMConfig):
         super().__init__()
         self.config = cfg = config
@@ -281,14 +334,23 @@ class LFMForCausalLM(nn.Module):
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.head.weight = self.embed.weight
 
-    def forward(self, input_ids: Tensor, targets: Tensor | None = None) -> ModelOutput:
+    @property
+    def max_positions(self) -> int:
+        """Cached decoding ends at max_seq_len (one mixing-matrix row per position)."""
+        return self.config.max_seq_len
+
+    def make_cache(self, batch_size: int, capacity: int | None = None, device=None, dtype=None) -> Cache:
+        return self.backbone.make_cache(batch_size, capacity, device, dtype)
+
+    def forward(
+        self, input_ids: Tensor, targets: Tensor | None = None, cache: Cache | None = None
+    ) -> ModelOutput:
         check_token_ids(input_ids, self.config.vocab_size)
-        h = self.backbone(self.embed(input_ids))  # [b, t, c]
+        ctx = Context()
+        h = self.backbone(self.embed(input_ids), ctx, cache)  # [b, t, c]
         logits = self.head(h)  # [b, t, v]
         loss = lm_loss(logits, targets) if targets is not None else None
-        return ModelOutput(
-            logits=logits, loss=loss, aux_losses=self.backbone.aux_losses(), metrics=self.backbone.metrics()
-        )
+        return ModelOutput(logits=logits, loss=loss, aux_losses=ctx.aux, metrics=ctx.metrics, cache=cache)
 
 
 @dataclass
@@ -299,35 +361,53 @@ class LFMSeriesConfig(LFMConfig):
     num_features: int = 1
     residual: bool = True
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_features < 1:
+            raise ConfigError(f"lfm_series num_features must be a positive int, got {self.num_features}")
+
 
 class LFMForecaster(nn.Module):
     """ "lfm_series": series features -> dim -> causal LFModel -> next value of every feature.
 
     x [b, t, f] -> prediction [b, t, f]; with residual=True the untrained model is the naive
-    (last value) forecast, and training has to beat it.
+    (last value) forecast, and training has to beat it. The backbone lives in `net` only
+    (`backbone` is a view of net.backbone, not a second registration).
     """
+
+    causal = True
+    can_decode = True
 
     def __init__(self, config: LFMSeriesConfig):
         super().__init__()
         self.config = cfg = config
-        self.backbone = build_backbone(cfg)
-        self.net = SeriesModel(self.backbone, cfg.num_features, cfg.dim, cfg.residual)
+        self.net = SeriesModel(build_backbone(cfg), cfg.num_features, cfg.dim, cfg.residual)
 
-    def forward(self, x: Tensor, targets: Tensor | None = None) -> ModelOutput:
-        pred = self.net(x)  # [b, t, f]
-        loss = torch.nn.functional.mse_loss(pred.float(), targets.float()) if targets is not None else None
-        return ModelOutput(
-            logits=pred, loss=loss, aux_losses=self.backbone.aux_losses(), metrics=self.backbone.metrics()
-        )
+    @property
+    def backbone(self) -> LFModel:
+        return self.net.backbone
+
+    @property
+    def max_positions(self) -> int:
+        return self.config.max_seq_len
+
+    def make_cache(self, batch_size: int, capacity: int | None = None, device=None, dtype=None) -> Cache:
+        return self.backbone.make_cache(batch_size, capacity, device, dtype)
+
+    def forward(self, x: Tensor, targets: Tensor | None = None, cache: Cache | None = None) -> ModelOutput:
+        ctx = Context()
+        pred = self.net(x, ctx, cache)  # [b, t, f]
+        loss = F.mse_loss(pred.float(), targets.float()) if targets is not None else None
+        return ModelOutput(logits=pred, loss=loss, aux_losses=ctx.aux, metrics=ctx.metrics, cache=cache)
 
 
 __all__ = [
     "PRESETS",
-    "LFBlock",
     "LFMConfig",
     "LFMForCausalLM",
     "LFMForecaster",
     "LFMSeriesConfig",
     "LFModel",
     "build_backbone",
+    "lfm_blocks",
 ]

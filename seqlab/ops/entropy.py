@@ -1,6 +1,6 @@
 """Entropy of router (gate) distributions and the regularizers of a mixture of experts.
 
-LFM_Entropy (seed 000, davidwynter/LFM_Entropy; spec specs/lfm.md) regularizes the entropy of
+LFM_Entropy (seed 000, davidwynter/LFM_Entropy) regularizes the entropy of
 the MoE gate g [..., e] (a distribution over e experts per decision) to push experts toward
 specialization or diversity:
 
@@ -17,11 +17,14 @@ routed unit: a sequence for a per-sequence gate, a token for a per-token gate.
 Departures from the seed: its entropy_regularization.py used `nn` without importing it (the
 package could not be imported); its term was always + lambda * H, in natural log, so the
 "diversity" direction its README promises could not be expressed. Here the sign of lambda
-picks the direction and entropies are in bits as the spec says.
+picks the direction, and entropies are in bits.
 
-`entropy_regularization_loss(model, primary_loss)` is the seed's public function. It takes a
-model but needs no nn.Module API beyond `.modules()`: it adds every `last_aux_losses` dict that
-a layer (seqlab.layers.moe.MixtureOfExperts) left from the model's latest forward.
+`entropy_regularization_loss(model, primary_loss)` is the seed's public function, for the
+seed's own loop (`loss = entropy_regularization_loss(model, mse(model(x), y))`). It needs no
+nn.Module API beyond `.modules()`: it adds the `last_aux_losses` dict of every seed-style
+module in the model, i.e. seqlab.models.lfm.LFModel called the seed's way (without a
+Context), which keeps its latest forward's MoE terms there: the one place in seqlab where a
+module holds on to its losses. Every other model returns them in its ModelOutput.
 """
 
 import math
@@ -34,6 +37,7 @@ __all__ = [
     "compute_entropy",
     "entropy_penalty",
     "entropy_regularization_loss",
+    "gate_entropies",
     "load_balancing_loss",
     "router_z_loss",
     "sample_entropy",
@@ -64,17 +68,33 @@ def usage_entropy(probs: Tensor) -> Tensor:
     return compute_entropy(probs.reshape(-1, probs.shape[-1]).mean(0))
 
 
-def entropy_penalty(probs: Tensor, lambda_entropy: float, mode: str = "sample") -> Tensor:
+def gate_entropies(probs: Tensor) -> tuple[Tensor, Tensor]:
+    """(H_sample, H_usage) of probs [..., e] in one pass: the same values as sample_entropy and
+    usage_entropy (every row's entropy and the mean gate's, computed together)."""
+    rows = probs.reshape(-1, probs.shape[-1])
+    h = compute_entropy(torch.cat([rows, rows.mean(0, keepdim=True)]))  # [n + 1]
+    return h[:-1].mean(), h[-1]
+
+
+def entropy_penalty(
+    probs: Tensor,
+    lambda_entropy: float,
+    mode: str = "sample",
+    h_sample: Tensor | None = None,
+    h_usage: Tensor | None = None,
+) -> Tensor:
     """The entropy term added to the loss. probs [..., e] -> scalar.
 
     "sample": lambda * H_sample (lambda > 0: specialization; lambda < 0: - |lambda| H_sample,
-    diversity). "balance": lambda * (H_sample - H_usage).
+    diversity). "balance": lambda * (H_sample - H_usage). h_sample, h_usage: the entropies of
+    probs when the caller has them already (with their graph), e.g. from gate_entropies.
     """
+    if mode not in ENTROPY_MODES:
+        raise ValueError(f"unknown entropy mode {mode!r}; choose one of {ENTROPY_MODES}")
+    h_sample = sample_entropy(probs) if h_sample is None else h_sample
     if mode == "sample":
-        return lambda_entropy * sample_entropy(probs)
-    if mode == "balance":
-        return lambda_entropy * (sample_entropy(probs) - usage_entropy(probs))
-    raise ValueError(f"unknown entropy mode {mode!r}; choose one of {ENTROPY_MODES}")
+        return lambda_entropy * h_sample
+    return lambda_entropy * (h_sample - (usage_entropy(probs) if h_usage is None else h_usage))
 
 
 def load_balancing_loss(probs: Tensor, expert_index: Tensor, num_experts: int) -> Tensor:
@@ -96,11 +116,11 @@ def router_z_loss(logits: Tensor) -> Tensor:
 
 
 def entropy_regularization_loss(model, primary_loss: Tensor) -> Tensor:
-    """primary_loss + every auxiliary loss the model's MoE layers computed in its latest forward.
+    """primary_loss + every auxiliary loss of the model's latest seed-style forward.
 
-    Collects `last_aux_losses` (a dict of scalar tensors) from `model.modules()`; a model
-    without such layers returns primary_loss unchanged. Call it after the forward whose loss
-    it completes (the seed: `loss = entropy_regularization_loss(model, mse(model(x), y))`).
+    Collects `last_aux_losses` (a dict of scalar tensors) from `model.modules()` (LFModel keeps
+    them when called without a Context); a model without such modules returns primary_loss
+    unchanged. Call it after the forward whose loss it completes.
     """
     total = primary_loss
     for module in model.modules():

@@ -1,4 +1,5 @@
-"""The seed's interface: `lfmodel_train` with hyperparameters.json / training.json, and train_model."""
+"""The seed's interface: `lfmodel_train` with hyperparameters.json / training.json, and train_model
+(seqlab.models.lfm_compat), which stops on a NaN loss."""
 
 import json
 from pathlib import Path
@@ -6,12 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from seqlab.cli.lfmodel_train import main
+from seqlab.errors import TrainingDiverged
 from seqlab.layers.series import SeriesModel
 from seqlab.models.lfm import LFModel
-from seqlab.train.simple import train_model
+from seqlab.models.lfm_compat import train_model
 
 # The seed's two files with its keys, at CPU-test sizes.
 HYPERPARAMETERS = {
@@ -121,3 +124,27 @@ def test_train_model_reduces_the_loss_on_a_toy_dataloader():
     losses = train_model(model, loader, 4, 1e-2, progress=False, log=None)
     assert len(losses) == 4 and all(np.isfinite(losses))
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_train_model_stops_on_a_nan_loss():
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            return x * self.w * float("nan")
+
+    x = torch.randn(8, 4, 1)
+    loader = DataLoader(TensorDataset(x, x), batch_size=4)
+    with pytest.raises(TrainingDiverged, match="loss became nan at epoch 1, batch 1: lower learning_rate"):
+        train_model(Broken(), loader, 2, 1e-3, progress=False, log=None)
+
+
+def test_nan_loss_is_one_line_and_exit_status_2(workdir, capsys):
+    # A learning rate this large sends the weights to inf within a few steps (the seed trained on).
+    (workdir / "training.json").write_text(json.dumps({**TRAINING, "learning_rate": 1e30}))
+    assert main(["--data", "series.csv", "--column", "visitors", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("lfmodel_train: error: the loss became") and "lower learning_rate" in err

@@ -34,6 +34,9 @@ BLOCK_RULES = [(r"^blocks\.(\d+)\.attn\.", r"blocks.\1.mixer."), (r"^blocks\.(\d
 
 
 def _lfm_key(key: str) -> str | None:
+    # The featurizer became one module (seqlab.layers.mixing.AdaptFeaturizer: norm, proj).
+    key = re.sub(r"(^|\.)featurizer_norm\.", r"\1featurizer.norm.", key)
+    key = re.sub(r"(^|\.)featurizer\.(weight|bias)$", r"\1featurizer.proj.\2", key)
     # One LFM layer i became two Blocks: 2i = (token mixing, channel mixing), 2i+1 = (-, MoE).
     m = re.match(r"^(.*blocks\.)(\d+)\.(norm1|token_mixing|norm2|channel_mixing|norm3|moe)\.(.*)$", key)
     if not m:

@@ -13,6 +13,7 @@ from seqlab.ops.entropy import (
     compute_entropy,
     entropy_penalty,
     entropy_regularization_loss,
+    gate_entropies,
     load_balancing_loss,
     router_z_loss,
     sample_entropy,
@@ -127,3 +128,13 @@ def test_entropy_regularization_loss_adds_every_layer_term():
     primary = torch.tensor(1.0)
     torch.testing.assert_close(entropy_regularization_loss(model, primary), torch.tensor(3.5))
     assert entropy_regularization_loss(nn.Linear(2, 2), primary) is primary
+
+
+def test_gate_entropies_in_one_pass_equal_the_separate_functions():
+    probs = torch.randn(3, 5, 4).softmax(-1)
+    h_sample, h_usage = gate_entropies(probs)
+    torch.testing.assert_close(h_sample, sample_entropy(probs))
+    torch.testing.assert_close(h_usage, usage_entropy(probs))
+    torch.testing.assert_close(
+        entropy_penalty(probs, 0.3, "balance", h_sample, h_usage), entropy_penalty(probs, 0.3, "balance")
+    )

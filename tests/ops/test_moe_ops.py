@@ -1,13 +1,14 @@
 """Tests of seqlab.ops.moe: the fast (sorted) dispatch equals the reference loop on outputs and
 gradients; top-k computes exactly k experts per token; dense_combine is the explicit weighted
-sum; top_k = e is dense.
+sum; top_k = e is dense; the fused dense mixture of adaptive experts equals its reference on
+outputs and gradients, and the reference is the experts' formula written out.
 """
 
 import pytest
 import torch
 from torch import nn
 
-from seqlab.ops.moe import dense_combine, expert_counts, moe_dispatch, top_k_gates
+from seqlab.ops.moe import dense_adaptive_experts, dense_combine, expert_counts, moe_dispatch, top_k_gates
 
 
 class CountingExpert(nn.Module):
@@ -109,3 +110,52 @@ def test_dispatch_rejects_bad_shapes_and_impl():
         moe_dispatch(x[None], index, weights, experts, (adapt,))
     with pytest.raises(ValueError, match="one row per token"):
         moe_dispatch(x, index, weights, experts, (adapt[:2],))
+
+
+def adaptive_expert_weights(e=3, c=6, hidden=5, r=2, o=6, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def t(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+
+    first = [t(e, hidden, c), t(e, r, c), t(e, hidden, r), t(e, hidden) if bias else None]
+    second = [t(e, o, hidden), t(e, r, hidden), t(e, o, r), t(e, o) if bias else None]
+    return first + second
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("n", [1, 11])
+def test_dense_adaptive_experts_fast_matches_reference_outputs_and_grads(n, bias):
+    weights = adaptive_expert_weights(bias=bias)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    probs = torch.randn(n, 3, generator=g, dtype=torch.float64).softmax(-1).requires_grad_(True)
+    gate1, gate2 = (
+        torch.randn(n, 3, 2, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2)
+    )
+    inputs = [x, probs, gate1, gate2, *(w for w in weights if w is not None)]
+    upstream = torch.randn(n, 6, generator=g, dtype=torch.float64)
+    results = []
+    for impl in ("reference", "fast"):
+        y = dense_adaptive_experts(x, probs, gate1, gate2, *weights, impl=impl)
+        results.append((y, torch.autograd.grad((y * upstream).sum(), inputs)))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    for a, b in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(a, b)
+
+
+def test_dense_adaptive_experts_reference_is_the_weighted_sum_of_the_written_experts():
+    w1, v1, u1, b1, w2, v2, u2, b2 = adaptive_expert_weights()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    probs = torch.randn(4, 3, dtype=torch.float64).softmax(-1)
+    gate1, gate2 = torch.randn(4, 3, 2, dtype=torch.float64), torch.randn(4, 3, 2, dtype=torch.float64)
+    expected = torch.zeros(4, 6, dtype=torch.float64)
+    for n in range(4):
+        for e in range(3):
+            h = w1[e] @ x[n] + b1[e] + u1[e] @ (gate1[n, e] * (v1[e] @ x[n]))
+            h = torch.nn.functional.gelu(h)
+            expected[n] += probs[n, e] * (w2[e] @ h + b2[e] + u2[e] @ (gate2[n, e] * (v2[e] @ h)))
+    got = dense_adaptive_experts(x, probs, gate1, gate2, w1, v1, u1, b1, w2, v2, u2, b2, impl="reference")
+    torch.testing.assert_close(got, expected)
+    with pytest.raises(ValueError, match="impl"):
+        dense_adaptive_experts(x, probs, gate1, gate2, w1, v1, u1, b1, w2, v2, u2, b2, impl="cuda")
