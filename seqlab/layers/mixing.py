@@ -159,6 +159,11 @@ class TokenMixing(nn.Module):
         self.mix = nn.Parameter(init.repeat(num_heads, 1, 1))  # [h, L, L]
         self.proj = AdaptiveLinear(token_dim, token_dim, adapt_dim, rank=rank, generator=generator)
 
+    @property
+    def max_positions(self) -> int:
+        """Longest sequence this mixer reads: its mixing matrix has max_seq_len rows."""
+        return self.max_seq_len
+
     def extra_repr(self) -> str:
         return f"max_seq_len={self.max_seq_len}, causal={self.causal}, num_heads={self.num_heads}"
 

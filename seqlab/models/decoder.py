@@ -4,7 +4,7 @@
 
 `blocks` is any list of seqlab.layers.block.Block (attention, LEAP, Fastformer, hybrid,
 mixed per layer in `stack`); the skeleton builds the Context once per forward (positions,
-rotary tables, padding mask), runs the blocks with their per-layer decoding states, and
+rotary tables, padding mask, and the adapt input when a `featurizer` is given), runs the blocks with their per-layer decoding states, and
 returns one ModelOutput with the feed-forwards' auxiliary losses and metrics. A model file
 builds its blocks and its initialization and hands them to this class; it holds no
 architecture of its own.
@@ -47,6 +47,7 @@ class DecoderLM(nn.Module):
         norm: str = "layernorm",
         norm_bias: bool = True,
         tie_embeddings: bool = True,
+        featurizer: nn.Module | None = None,
     ):
         super().__init__()
         if position not in POSITIONS:
@@ -57,6 +58,9 @@ class DecoderLM(nn.Module):
         self.pos_embed = nn.Embedding(max_seq_len, dim) if position == "learned" else None
         self.rotary = RotaryEmbedding(rotary_dim, max_seq_len, rope_base) if position == "rotary" else None
         self.dropout = nn.Dropout(dropout)
+        # Puts LFM's adapt input in the context (for token mixing and adaptive feed-forwards):
+        # forward(x, padding_mask, cache) -> [b, t, a], its running state in cache.extra.
+        self.featurizer = featurizer
         self.blocks = nn.ModuleList(blocks)
         self.norm = make_norm(norm, dim, norm_bias)
         self.head = nn.Linear(dim, vocab_size, bias=False)
@@ -83,8 +87,12 @@ class DecoderLM(nn.Module):
 
     @property
     def max_positions(self) -> int | None:
-        """Longest sequence the model can read: max_seq_len with learned positions, else None."""
-        return self.max_seq_len if self.pos_embed is not None else None
+        """Longest sequence the model can read: max_seq_len with learned positions, the least
+        `max_positions` of its mixers (LFM's token mixing has a fixed length), else None."""
+        limits = [self.max_seq_len] if self.pos_embed is not None else []
+        limits += [getattr(b.mixer, "max_positions", None) for b in self.blocks]
+        limits = [n for n in limits if n is not None]
+        return min(limits) if limits else None
 
     def set_base(self, base: float) -> None:
         """Change the RoPE base of every rotary table of the model (saved with its state)."""
@@ -155,6 +163,8 @@ class DecoderLM(nn.Module):
             padding_mask=attention_mask,
             maps=[] if return_maps else None,
         )
+        if self.featurizer is not None:
+            ctx.adapt = self.featurizer(x, attention_mask, cache)
         for i, block in enumerate(self.blocks):
             x = block(x, ctx, cache.layers[i] if cache is not None else None)
         logits = self.head(self.norm(x))  # [b, t, v]

@@ -13,7 +13,10 @@ seqlab.layers.ffn.FFNS (mlp, swiglu, moe, adaptive), default `model.ffn`; option
 without it the stack is num_layers x `attention+mlp`, i.e. gpt.
 
 Every layer is a seqlab.layers.block.Block; the model is the shared DecoderLM skeleton
-(token embedding, rotary positions by default, final norm, tied head). Decoding keeps one
+(token embedding, rotary positions by default, final norm, tied head). When a layer reads
+LFM's adapt input (token_mixing, the adaptive feed-forward, a MoE with adaptive experts or
+a sequence gate) the model computes it once per forward with LFM's causal featurizer
+(adapt_t = Linear(mean_{j <= t} LN(x_j)), width model.adapt_dim). Decoding keeps one
 state per layer of whatever kind its mixer needs (KV caches beside LEAP's running sums), so
 mixed stacks decode token by token. Presets have gpt's sizes. Initialization is gpt's
 (normal(init_std), residual output projections scaled by 1/sqrt(2 num_layers)).
@@ -31,7 +34,8 @@ from seqlab.config import check_fields, parse_scalar
 from seqlab.errors import ConfigError
 from seqlab.layers.block import Block
 from seqlab.layers.ffn import FFNS, make_ffn
-from seqlab.layers.mixers import MIXERS, make_mixer
+from seqlab.layers.mixers import MIXERS, NEEDS_ADAPT, make_mixer
+from seqlab.layers.mixing import AdaptFeaturizer
 from seqlab.layers.norm import NORMS
 from seqlab.models.decoder import POSITIONS, DecoderLM
 
@@ -122,11 +126,12 @@ class StackConfig:
     position: str = "rotary"  # rotary | learned | none
     rope_base: float = 10000.0
     init_std: float = 0.02
+    adapt_dim: int = 32  # width of LFM's adapt input, when a layer reads it (token_mixing, adaptive)
 
     def __post_init__(self):
         check_fields(
             self,
-            positive_ints=("vocab_size", "dim", "num_layers", "num_heads", "max_seq_len"),
+            positive_ints=("vocab_size", "dim", "num_layers", "num_heads", "max_seq_len", "adapt_dim"),
             above={"mlp_ratio": 0, "rope_base": 1, "init_std": 0},
             unit=("dropout",),
             choices={"norm": NORMS, "ffn": tuple(FFNS) + ("none",), "position": POSITIONS},
@@ -152,7 +157,21 @@ PRESETS = {
 }
 
 
+def needs_adapt(spec: LayerSpec, default_ffn: str) -> tuple[bool, bool]:
+    """(mixer, ffn) of this layer read LFM's adapt input from the context."""
+    ffn = spec.ffn or default_ffn
+    ffn_reads = ffn == "adaptive" or (
+        ffn == "moe" and (spec.ffn_options.get("expert") == "adaptive" or spec.ffn_options.get("gate") == "sequence")
+    )
+    return spec.mixer in NEEDS_ADAPT, ffn_reads
+
+
 def _build_block(cfg: StackConfig, i: int, spec: LayerSpec) -> Block:
+    mixer_adapt, ffn_adapt = needs_adapt(spec, cfg.ffn)
+    if mixer_adapt:
+        spec = LayerSpec(spec.mixer, {"adapt_dim": cfg.adapt_dim, **spec.mixer_options}, spec.ffn, spec.ffn_options)
+    if ffn_adapt:
+        spec = LayerSpec(spec.mixer, spec.mixer_options, spec.ffn, {"adapt_dim": cfg.adapt_dim, **spec.ffn_options})
     mixer = None
     if spec.mixer != "none":
         try:
@@ -180,7 +199,9 @@ def _build_block(cfg: StackConfig, i: int, spec: LayerSpec) -> Block:
 class StackLM(DecoderLM):
     def __init__(self, config: StackConfig):
         cfg = config
-        blocks = [_build_block(cfg, i, spec) for i, spec in enumerate(cfg.layer_specs())]
+        specs = cfg.layer_specs()
+        blocks = [_build_block(cfg, i, spec) for i, spec in enumerate(specs)]
+        adapt = any(any(needs_adapt(spec, cfg.ffn)) for spec in specs)
         super().__init__(
             cfg,
             blocks,
@@ -193,6 +214,7 @@ class StackLM(DecoderLM):
             dropout=cfg.dropout,
             norm=cfg.norm,
             norm_bias=cfg.bias,
+            featurizer=AdaptFeaturizer(cfg.dim, cfg.adapt_dim) if adapt else None,
         )
         self.apply(self._init_weights)
         std = cfg.init_std / math.sqrt(2 * len(blocks))
