@@ -45,6 +45,8 @@ def state_bytes(obj) -> int:
         return obj.numel() * obj.element_size()
     if isinstance(obj, (list, tuple)):
         return sum(state_bytes(o) for o in obj)
+    if isinstance(obj, dict):  # Cache.extra: model-level state
+        return sum(state_bytes(v) for v in obj.values())
     if hasattr(obj, "__dict__"):
         return sum(state_bytes(v) for v in vars(obj).values())
     return 0

@@ -33,6 +33,7 @@ Results print as markdown tables and go to JSON (--out).
 
 import argparse
 import copy
+import functools
 import json
 import platform
 import statistics
@@ -44,6 +45,7 @@ from torch import nn
 
 from seqlab.bench.report import git_commit
 from seqlab.layers.adaptive import AdaptiveLinear
+from seqlab.layers.block import Context
 from seqlab.layers.mixing import ChannelMixing
 from seqlab.layers.moe import MixtureOfExperts
 
@@ -89,8 +91,9 @@ def explicit_adaptive_linear(layer: AdaptiveLinear, x: torch.Tensor, a: torch.Te
 def explicit_moe(moe: MixtureOfExperts, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """Token gate, per token: top-k of softmax(router(x_t)) (or all experts), renormalized, summed."""
     b, t, _ = x.shape
-    # The layer computes its gate weights in float32 whatever the dtype (router precision): so does this.
-    probs = moe.router(x).float().softmax(-1)  # [b, t, e]
+    # The layer computes its gate weights in at least float32 (router precision; float64 stays
+    # float64): so does this. Casting to float32 here made the float64 check fail at ~1e-7.
+    probs = moe.router(x).softmax(-1, dtype=torch.promote_types(x.dtype, torch.float32))  # [b, t, e]
     rows = []
     for i in range(b):
         for j in range(t):
@@ -101,7 +104,10 @@ def explicit_moe(moe: MixtureOfExperts, x: torch.Tensor, a: torch.Tensor) -> tor
                 weights, index = p.topk(moe.top_k)
                 weights = weights / weights.sum()
             weights = weights.to(x.dtype)
-            y = sum(w * moe.experts[int(e)](x[i, j][None], a[i, j][None])[0] for w, e in zip(weights, index))
+            y = sum(
+                w * moe.experts[int(e)](x[i, j][None], Context(adapt=a[i, j][None]))[0]
+                for w, e in zip(weights, index)
+            )
             rows.append(y)
     return torch.stack(rows).view(b, t, -1)
 
@@ -125,17 +131,21 @@ def check(adapt_dim: int) -> None:
             )
     c, e = 8, 4
     for k in (1, 2, None):
-        moe = MixtureOfExperts(c, e, adapt_dim, 0.0, gate="token", top_k=k, rank=3).double()
+        expert = functools.partial(ChannelMixing, c, adapt_dim, rank=3)
+        moe = MixtureOfExperts(c, e, expert, adapt_dim=adapt_dim, gate="token", top_k=k).double()
         x = torch.randn(2, 5, c, dtype=torch.float64, requires_grad=True)
         a = torch.randn(2, 5, adapt_dim, dtype=torch.float64, requires_grad=True)
         inputs = [x, a, *moe.parameters()]
         assert_same(
-            f"MoE top_k={k} vs the explicit per-token loop", moe(x, a), explicit_moe(moe, x, a), inputs
+            f"MoE top_k={k} vs the explicit per-token loop",
+            moe(x, Context(adapt=a)),
+            explicit_moe(moe, x, a),
+            inputs,
         )
         if k is not None:
-            fast = moe(x, a)
+            fast = moe(x, Context(adapt=a))
             moe.impl = "reference"  # same parameters, so the gradients are comparable
-            assert_same(f"MoE top_k={k} fast vs impl='reference'", fast, moe(x, a), inputs)
+            assert_same(f"MoE top_k={k} fast vs impl='reference'", fast, moe(x, Context(adapt=a)), inputs)
 
 
 def median_seconds(forward, params: list[torch.Tensor], inputs: list[torch.Tensor], warmup, repeats):
@@ -209,6 +219,11 @@ def run_linear(args) -> list[dict]:
     return rows
 
 
+def with_adapt(layer: nn.Module):
+    """A feed-forward that reads its adapt input from the context, called as f(x, a)."""
+    return lambda x, a: layer(x, Context(adapt=a))
+
+
 def plain_mlp(c: int, hidden: int) -> nn.Module:
     return nn.Sequential(nn.Linear(c, hidden), nn.GELU(), nn.Linear(hidden, c))
 
@@ -231,16 +246,15 @@ def run_moe(args) -> list[dict]:
                 mlp, adaptive = plain_mlp(c, k * h), ChannelMixing(c, a_dim, hidden_dim=k * h, rank=args.rank)
                 mlp_s, _ = median_seconds(mlp, list(mlp.parameters()), [x], args.warmup, args.repeats)
                 adaptive_s, _ = median_seconds(
-                    adaptive, list(adaptive.parameters()), [x, a], args.warmup, args.repeats
+                    with_adapt(adaptive), list(adaptive.parameters()), [x, a], args.warmup, args.repeats
                 )
                 baselines[k] = dict(mlp_s=mlp_s, adaptive_s=adaptive_s, mlp_params=count(mlp))
             for e in args.experts:
                 torch.manual_seed(0)
-                dense = MixtureOfExperts(
-                    c, e, a_dim, 0.0, hidden_dim=h, gate="token", top_k=None, rank=args.rank
-                )
+                expert = functools.partial(ChannelMixing, c, a_dim, hidden_dim=h, rank=args.rank)
+                dense = MixtureOfExperts(c, e, expert, adapt_dim=a_dim, gate="token", top_k=None)
                 dense_s, _ = median_seconds(
-                    dense, list(dense.parameters()), [x, a], args.warmup, args.repeats
+                    with_adapt(dense), list(dense.parameters()), [x, a], args.warmup, args.repeats
                 )
                 for k in args.top_ks:
                     if k > e:
@@ -248,7 +262,7 @@ def run_moe(args) -> list[dict]:
                     moe = copy.deepcopy(dense)
                     moe.top_k = k
                     moe_s, spread = median_seconds(
-                        moe, list(moe.parameters()), [x, a], args.warmup, args.repeats
+                        with_adapt(moe), list(moe.parameters()), [x, a], args.warmup, args.repeats
                     )
                     base = baselines[k]
                     rows.append(

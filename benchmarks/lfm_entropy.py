@@ -80,7 +80,8 @@ class RouterProbe:
     """Keeps the router probabilities of every MoE layer from the forwards it watches."""
 
     def __init__(self, model):
-        self.moes = [block.moe for block in model.backbone.blocks]
+        # LFM layer i is two Blocks, "mix{i}" (token + channel mixing) and "moe{i}" (the MoE).
+        self.moes = [b.ffn for b in model.backbone.blocks if b.name.startswith("moe")]
         self.probs = [[] for _ in self.moes]
         for i, moe in enumerate(self.moes):
             moe.router.register_forward_hook(self._hook(i))
