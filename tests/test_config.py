@@ -57,3 +57,47 @@ def test_bad_files_are_clear(tmp_path):
         load_run_config([str(bad)])
     with pytest.raises(ConfigError, match="section.key=value"):
         load_run_config(overrides=["lr"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lr=-1", r"train.lr=-1.0 is out of range: it must be a finite number in \(0, inf\)"),
+        ("train.lr=nan", r"train.lr=nan is out of range"),
+        ("train.lr=inf", r"train.lr=inf is out of range"),
+        ("train.beta1=1.5", r"train.beta1=1.5 is out of range: .* in \[0, 1\)"),
+        ("train.beta2=1", r"train.beta2=1.0 is out of range"),
+        ("train.min_lr=-1", r"train.min_lr=-1.0 is out of range: .* in \[0, inf\)"),
+        ("train.weight_decay=-5", r"train.weight_decay=-5.0 is out of range"),
+        ("train.grad_clip=-1", r"train.grad_clip=-1.0 is out of range"),
+        ("train.max_time=-5", r"train.max_time=-5.0 is out of range: .* in \(0, inf\)"),
+        ("train.max_time=0", r"train.max_time=0.0 is out of range"),
+        ("train.warmup_iters=-10", r"train.warmup_iters=-10 must be >= 0"),
+        ("train.sample_tokens=-1", r"train.sample_tokens=-1 must be >= 0"),
+        ("train.batch_size=0", r"train.batch_size=0 must be >= 1"),
+        ("train.checkpoint_interval=0", r"train.checkpoint_interval=0 must be >= 1 or null"),
+        ("train.lr_decay_iters=0", r"train.lr_decay_iters=0 must be >= 1 or null"),
+        ("train.parallel=zero", r"train.parallel='zero' must be one of \('ddp', 'fsdp'\)"),
+        ("train.device=banana", r"train.device='banana' is not a device name"),
+        ("data.val_fraction=1", r"data.val_fraction=1.0 is out of range: .* in \(0, 1\)"),
+        ("data.tokenizer=wordpiece", r"data.tokenizer='wordpiece' must be one of"),
+        ("data.vocab_size=0", r"data.vocab_size=0 must be >= 1"),
+        ("task=translate", r"task='translate' is not a task; choose one of: lm, forecast"),
+    ],
+)
+def test_out_of_range_values_name_the_key_the_value_and_the_range(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_run_config(overrides=[override])
+
+
+def test_valid_edge_values_are_accepted():
+    cfg = load_run_config(
+        overrides=[
+            "train.beta1=0",
+            "train.min_lr=0",
+            "train.grad_clip=0",
+            "train.parallel=fsdp",
+            "train.device=cpu",
+        ]
+    )
+    assert cfg.train.parallel == "fsdp" and cfg.train.sample_prompt is None and cfg.data.encoding == "utf-8"

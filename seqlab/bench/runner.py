@@ -12,11 +12,12 @@ For each case, in order:
    (warmup, evaluation at step 0) and every window that contains an evaluation or checkpoint.
    MFU = FLOPs per step x steps/s / measured matmul peak of the dtype (see peak.py).
 4. decode latency per token at each context length: prefill a random prompt of that length,
-   then time single-token decode steps (cached when the model has `make_cache`, else full
+   then time single-token decode steps (cached when the model can decode (`can_decode`), else full
    recomputation), median over repeats after one warmup.
 """
 
 import contextlib
+import json
 import shutil
 import statistics
 import time
@@ -35,11 +36,12 @@ from seqlab.bench.report import environment, write_report
 from seqlab.errors import ConfigError, SeqlabError
 from seqlab.models import count_parameters, model_entry
 from seqlab.models.generation import generate
+from seqlab.tasks.base import sequence_context
 from seqlab.train import RunConfig, load_run_config, train
 from seqlab.train.distributed import setup as setup_device
-from seqlab.train.loop import block_size, build_model_for_task, build_task
 from seqlab.train.metrics import read_metrics
 from seqlab.train.optim import make_optimizer
+from seqlab.train.runs import build_model_for_task, build_task, model_config
 
 
 class CaseRefused(SeqlabError):
@@ -100,6 +102,11 @@ def case_config(case: Case, settings: BenchSettings, run_dir: Path) -> RunConfig
     return cfg
 
 
+def _decodes(model: torch.nn.Module) -> bool:
+    """Whether the model decodes incrementally with a cache (the models' `can_decode`)."""
+    return bool(getattr(model, "can_decode", False))
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -127,7 +134,7 @@ def check_correctness(model: torch.nn.Module, vocab_size: int, max_seq_len: int,
                 f"not causal: changing tokens at positions >= {cut} changed the logits before {cut} "
                 f"by up to {diff:.3g}"
             )
-        if hasattr(model, "make_cache"):
+        if _decodes(model):
             cache = model.make_cache(2, t)
             pieces = [model(x[:, :cut], cache=cache).logits]
             pieces += [model(x[:, i : i + 1], cache=cache).logits for i in range(cut, t)]
@@ -213,7 +220,7 @@ def run_training(ctx: CaseContext) -> dict[str, Any]:
     result = train(ctx.cfg)
     wall = time.perf_counter() - start
     t = ctx.cfg.train
-    tokens_per_step = t.batch_size * ctx.task.block_size
+    tokens_per_step = ctx.task.count_tokens(ctx.task.batch("train", t.batch_size, torch.Generator()))
     windows = steady_windows(read_metrics(ctx.run_dir / "metrics.jsonl"), t.checkpoint_interval)
     tokens_per_s = statistics.median(windows) if windows else result.tokens_per_s
     return {
@@ -247,7 +254,7 @@ def decode_latency(
 ) -> dict[str, Any]:
     """Milliseconds per generated token after a `context`-token prompt (batch 1), and prefill time."""
     model.eval()
-    cached = hasattr(model, "make_cache")
+    cached = _decodes(model)
     prompt = torch.randint(vocab_size, (1, context), generator=torch.Generator().manual_seed(context))
     prompt = prompt.to(device)
     per_token, prefill = [], []
@@ -286,7 +293,7 @@ def run_case(ctx: CaseContext, settings: BenchSettings) -> dict[str, Any]:
     model, model_cfg = build_model_for_task(ctx.cfg, ctx.task)
     model.to(ctx.device)
     failures = check_correctness(model, model_cfg.vocab_size, model_cfg.max_seq_len, ctx.device)
-    out["checks"] = {"passed": not failures, "failures": failures, "cached": hasattr(model, "make_cache")}
+    out["checks"] = {"passed": not failures, "failures": failures, "cached": _decodes(model)}
     if failures:
         raise CaseRefused(f"{ctx.case.name} failed its correctness checks: {'; '.join(failures)}")
     del model
@@ -346,16 +353,12 @@ def run_cases(cases: list[Case], settings: BenchSettings, out_dir: Path, log=pri
             continue
         contexts.append(CaseContext(case, cfg, Path(cfg.run_dir), device, result=result))
     for ctx in contexts:
-        key = (
-            ctx.cfg.data.source,
-            ctx.cfg.data.tokenizer,
-            ctx.cfg.data.vocab_size,
-            ctx.cfg.data.val_fraction,
-        )
-        context_length = block_size(ctx.cfg)
-        if (key, context_length) not in tasks:
-            tasks[(key, context_length)] = build_task(ctx.cfg, context_length)
-        ctx.task = tasks[(key, context_length)]
+        # Cases with the same data, task options and context share one task (one tokenized corpus).
+        context = sequence_context(model_config(ctx.cfg), ctx.cfg.task_options.get("context"))
+        key = (json.dumps(asdict(ctx.cfg.data)), json.dumps(ctx.cfg.task_options), context)
+        if key not in tasks:
+            tasks[key] = build_task(ctx.cfg)
+        ctx.task = tasks[key]
         log(f"bench: {ctx.case.name}: checking, then training {ctx.cfg.train.max_iters} steps")
         try:
             run_case(ctx, settings)

@@ -29,6 +29,7 @@ def _train_overrides(args) -> list[str]:
         ("task", "task"),
         ("seed", "train.seed"),
         ("lr", "train.lr"),
+        ("parallel", "train.parallel"),
     ):
         value = getattr(args, flag, None)
         if value is not None:
@@ -42,7 +43,7 @@ def _train_overrides(args) -> list[str]:
 
 def cmd_train(args) -> int:
     from seqlab.train import load_run_config, train
-    from seqlab.train.loop import resume_config
+    from seqlab.train.runs import resume_config
 
     overrides = _train_overrides(args)
     if args.resume:
@@ -62,18 +63,20 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from seqlab.train.loop import evaluate
-    from seqlab.train.runs import load_run
-
-    model, task, cfg, meta = load_run(args.run, args.checkpoint, args.device or "cpu", args.data)
-    if args.eval_iters:
-        cfg.train.eval_iters = args.eval_iters
     import contextlib
 
     import torch
 
+    from seqlab.train.loop import evaluate
+    from seqlab.train.runs import load_run
+
+    model, task, cfg, meta = load_run(args.run, args.checkpoint, args.device or "cpu", args.data)
+    if args.eval_iters is not None:
+        if args.eval_iters < 1:
+            raise ConfigError(f"--eval-iters must be >= 1, got {args.eval_iters}")
+        cfg.train.eval_iters = args.eval_iters
     result = evaluate(model, task, cfg, torch.device(args.device or "cpu"), contextlib.nullcontext)
-    result.update(step=meta.get("step"), checkpoint=args.checkpoint, data=cfg.data.source or "default corpus")
+    result.update(step=meta.get("step"), checkpoint=args.checkpoint, data=cfg.data.source or "default data")
     print(json.dumps(result, indent=2))
     return 0
 
@@ -82,16 +85,21 @@ def cmd_generate(args) -> int:
     from seqlab.train.runs import load_run
 
     model, task, _, _ = load_run(args.run, args.checkpoint, args.device or "cpu")
-    text = task.sample(
-        model,
-        prompt=args.prompt,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-    )
-    print(text)
+    # Only what was given: the task's own defaults (from the run config) fill in the rest, and
+    # a task that takes no such option (a forecast has no prompt) says so.
+    options = {
+        key: value
+        for key, value in (
+            ("prompt", args.prompt),
+            ("max_new_tokens", args.max_new_tokens),
+            ("temperature", args.temperature),
+            ("top_k", args.top_k),
+            ("top_p", args.top_p),
+            ("seed", args.seed),
+        )
+        if value is not None
+    }
+    print(task.sample(model, **options))
     return 0
 
 
@@ -159,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", help="model preset: tiny | baby | small")
     t.add_argument("--data", help="text file, folder, or hf:<dataset>; default: embedded corpus")
     t.add_argument("--task", help="lm | forecast (default: the model's own task)")
+    t.add_argument("--parallel", choices=["ddp", "fsdp"], help="with torchrun: replicas or FSDP2 shards")
     t.add_argument("--tokenizer", help="char | byte | bpe")
     t.add_argument("--max-iters", type=int)
     t.add_argument("--max-time", type=float, help="seconds of training, then save and stop")
@@ -178,21 +187,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="validation loss of a run's checkpoint")
     e.add_argument("run", help="run directory")
-    e.add_argument("--checkpoint", default="best", help="best | latest")
+    e.add_argument("--checkpoint", default="best", help="best | latest | a step folder (step_0000500)")
     e.add_argument("--data", help="evaluate on this text instead (run's tokenizer)")
     e.add_argument("--eval-iters", type=int)
     e.add_argument("--device")
     e.set_defaults(func=cmd_eval)
 
-    g = sub.add_parser("generate", help="sample text from a run's checkpoint")
+    g = sub.add_parser("generate", help="a sample of a run's checkpoint: text for lm, a forecast table")
     g.add_argument("run", help="run directory")
-    g.add_argument("--prompt", default="\n")
-    g.add_argument("--max-new-tokens", type=int, default=300)
-    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    g.add_argument("--top-k", type=int, default=None)
-    g.add_argument("--top-p", type=float, default=None)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--checkpoint", default="best")
+    g.add_argument("--prompt", help='text to continue (lm; default "\\n" if in the vocabulary)')
+    g.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help="tokens (lm) or forecast steps (default: the run's train.sample_tokens)",
+    )
+    g.add_argument("--temperature", type=float, help="lm: 0 = greedy (default 0.8)")
+    g.add_argument("--top-k", type=int, help="lm: keep the k most likely tokens (default 50)")
+    g.add_argument("--top-p", type=float, help="lm: nucleus sampling mass")
+    g.add_argument("--seed", type=int, help="lm: sampling seed (default the run's train.seed)")
+    g.add_argument("--checkpoint", default="best", help="best | latest | a step folder (step_0000500)")
     g.add_argument("--device")
     g.set_defaults(func=cmd_generate)
 
@@ -216,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--layers", type=_index_list, help="comma-separated layer indices (default all)")
     x.add_argument("--heads", type=_index_list, help="comma-separated head indices (default all)")
     x.add_argument("--style", choices=["lines", "matrix"], default="lines", help="line diagram or heatmap")
-    x.add_argument("--checkpoint", default="best", help="best | latest")
+    x.add_argument("--checkpoint", default="best", help="best | latest | a step folder (step_0000500)")
     x.add_argument("--query", type=int, help="highlight this query position (-1 = last token)")
     x.add_argument("--max-tokens", type=int, help="keep the last N tokens (default min(64, max_seq_len))")
     x.set_defaults(func=cmd_explain)

@@ -25,37 +25,53 @@ whole series, so it may lie before the window), and over whole splits (evaluate,
 mse_vs_naive / mse_vs_seasonal: the model's MSE over the baseline's, in standardized units
 (the same ratio as in original units for one feature; scale-free for several).
 
-The model: anything mapping inputs [b, t, f] -> [b, t, f]. A returned Tensor is the prediction
-and the auxiliary losses / metrics come from `model.aux_losses()` / `model.metrics()` when it
-has them (LFModel); a ModelOutput's logits, aux_losses and metrics work too. `SeriesModel`
-wraps a [b, t, c] backbone (LFModel with token_dim = c) with projections from and to the f
-series features, predicting the change from the last value.
+Built from the run config: data.source (a built-in series or a CSV file; default sunspots),
+data.val_fraction (the size of val and of test) and task_options: column, season (None = the
+dataset's own, 0 = none), nan (missing-value policy) and context (points per window; default
+the model's max_seq_len). The model must take num_features = the number of series columns
+(model_requirements). A reopened run (saved state) standardizes with the saved train
+statistics, so a run evaluated on another series sees the inputs it was trained on.
+
+The model: anything mapping inputs [b, t, f] to a seqlab ModelOutput whose logits are the
+prediction [b, t, f] and whose aux_losses are added to the loss (metrics are logged).
+`SeriesModel` wraps a [b, t, c] backbone with projections from and to the f series features,
+predicting the change from the last value. Samples: an iterated forecast table.
 """
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from seqlab.data.series import read_series
-from seqlab.errors import ConfigError, DataError
+from seqlab.data.series import NAN_POLICIES, read_series
+from seqlab.errors import CheckpointError, ConfigError, DataError
 from seqlab.layers.series import SeriesModel
-from seqlab.tasks.lm import detach_metrics
+from seqlab.models.output import ModelOutput
+from seqlab.tasks.base import (
+    Task,
+    check_context,
+    detach_metrics,
+    reject_unknown_sample_options,
+    sequence_context,
+)
 
 SPLITS = ("train", "val", "test")
+SAMPLE_OPTIONS = ("max_new_tokens",)
 
 
 def predict(model: nn.Module, inputs: Tensor) -> tuple[Tensor, dict[str, Tensor], dict[str, Any]]:
-    """(prediction [b, t, f], aux losses to add, metrics to log) for a Tensor or ModelOutput model."""
+    """(prediction [b, t, f], aux losses to add, metrics to log) of a model returning ModelOutput."""
     out = model(inputs)
-    if isinstance(out, Tensor):
-        core = getattr(model, "module", model)  # DistributedDataParallel keeps the model in .module
-        aux = core.aux_losses() if callable(getattr(core, "aux_losses", None)) else {}
-        metrics = core.metrics() if callable(getattr(core, "metrics", None)) else {}
-        pred = out
-    else:
-        pred, aux, metrics = out.logits, out.aux_losses, out.metrics
+    if not isinstance(out, ModelOutput):
+        raise DataError(
+            f"a forecasting model must return seqlab.models.output.ModelOutput (logits = the "
+            f"prediction [batch, time, features]), got {type(out).__name__}; wrap its result in "
+            "ModelOutput(logits=..., aux_losses=...)"
+        )
+    pred, aux, metrics = out.logits, out.aux_losses, out.metrics
     if pred.shape != inputs.shape:
         raise DataError(
             f"the model maps inputs {tuple(inputs.shape)} to {tuple(pred.shape)}; forecasting needs "
@@ -65,11 +81,27 @@ def predict(model: nn.Module, inputs: Tensor) -> tuple[Tensor, dict[str, Tensor]
     return pred, aux, metrics
 
 
-class ForecastTask:
+class ForecastTask(Task):
     name = "forecast"
     primary_loss_key = "mse_loss"
-    # Settings from the run config's task_options (`seqlab train --set task_options.column=...`).
-    OPTIONS = ("column", "season", "nan")
+
+    @dataclass
+    class Options:
+        """task_options of the forecast task (`seqlab train --set task_options.column=...`)."""
+
+        column: str | int | list | None = None  # None = every numeric column (built-ins: their own)
+        season: int | None = None  # seasonal-naive period; None = the dataset's own, 0 = none
+        nan: str = "interpolate"  # missing values: interpolate | drop | error
+        context: int | None = None  # points per window; None = the model's max_seq_len
+
+        def __post_init__(self):
+            check_context(self.context)
+            if self.season is not None and self.season < 0:
+                raise ConfigError(
+                    f"task_options.season={self.season} must be >= 0 (0 = none) or null (the dataset's own)"
+                )
+            if self.nan not in NAN_POLICIES:
+                raise ConfigError(f"task_options.nan={self.nan!r} must be one of {NAN_POLICIES}")
 
     def __init__(
         self,
@@ -81,7 +113,11 @@ class ForecastTask:
         test_fraction: float = 0.1,
         name: str = "series",
         columns: list[str] | None = None,
+        stats: tuple[list[float], list[float]] | None = None,
+        sample_steps: int = 12,
     ):
+        """stats: (mean, std) per feature to standardize with (a reopened run's); None = the
+        train part's."""
         values = np.asarray(series, dtype=np.float64)
         values = values[:, None] if values.ndim == 1 else values
         if values.ndim != 2 or not np.isfinite(values).all():
@@ -98,8 +134,8 @@ class ForecastTask:
                 f"val_fraction={val_fraction} and test_fraction={test_fraction} must be > 0 with a sum < 1"
             )
         n, self.num_features = values.shape
-        self.name, self.columns = name, list(columns or [str(i) for i in range(self.num_features)])
-        self.block_size = self.context = context
+        self.series_name, self.columns = name, list(columns or [str(i) for i in range(self.num_features)])
+        self.context = context
         self.season = season or None
         self.train_end = round(n * (1 - val_fraction - test_fraction))
         self.val_end = round(n * (1 - test_fraction))
@@ -110,9 +146,18 @@ class ForecastTask:
                 f"window of context + 1 = {context + 1} points and non-empty val and test parts; use a "
                 "shorter context (sequence_length / max_seq_len) or a longer series"
             )
-        train = values[: self.train_end]
-        mean, std = train.mean(0), train.std(0)
-        std = np.where(std > 0, std, 1.0)  # a constant feature: centered, not scaled
+        if stats is None:
+            train = values[: self.train_end]
+            mean, std = train.mean(0), train.std(0)
+            std = np.where(std > 0, std, 1.0)  # a constant feature: centered, not scaled
+        else:
+            mean, std = (np.asarray(v, dtype=np.float64) for v in stats)
+            if mean.shape != (self.num_features,) or std.shape != (self.num_features,):
+                raise DataError(
+                    f"series {name!r} has {self.num_features} features but the run was trained on "
+                    f"{mean.size}; pick the same columns (task_options.column)"
+                )
+        self.sample_steps = sample_steps
         self.mean = torch.from_numpy(mean).float()  # [f]
         self.std = torch.from_numpy(std).float()  # [f]
         self.data = torch.from_numpy((values - mean) / std).float()  # [n, f] standardized
@@ -125,35 +170,29 @@ class ForecastTask:
         self._baselines: dict[str, dict[str, float]] = {}
 
     @classmethod
-    def from_source(
-        cls,
-        source: str | None,
-        block_size: int,
-        tokenizer: str | None = None,
-        vocab_size: int | None = None,
-        val_fraction: float = 0.1,
-        tokenizer_state: dict | None = None,
-        column: str | int | list | None = None,
-        season: int | None = None,
-        nan: str = "interpolate",
-    ) -> "ForecastTask":
-        """Load a series (None = sunspots) for the trainer; val and test parts of val_fraction each.
-
-        The tokenizer arguments are accepted for the trainer's uniform call and ignored: a series
-        has no tokenizer. `season` None = the dataset's own (sunspots 11, co2 52, ...), 0 = none.
-        """
-        data = read_series(source or "sunspots", column, nan=nan)
+    def from_config(cls, cfg, model_config, state: dict[str, Any] | None = None) -> "ForecastTask":
+        """The series of data.source (None = sunspots) with val and test parts of
+        data.val_fraction each; `state` (a reopened run's) gives the standardization."""
+        options = cls.parse_options(cfg.task_options)
+        if state is not None and not {"mean", "std"} <= set(state):
+            raise CheckpointError(
+                "the run's task.json holds no train statistics (mean, std) for the forecast task; "
+                "the run directory is incomplete or was edited: retrain"
+            )
+        data = read_series(cfg.data.source or "sunspots", options.column, nan=options.nan)
         return cls(
             data.values,
-            block_size,
-            season=data.season if season is None else season,
-            val_fraction=val_fraction,
-            test_fraction=val_fraction,
+            sequence_context(model_config, options.context),
+            season=data.season if options.season is None else options.season,
+            val_fraction=cfg.data.val_fraction,
+            test_fraction=cfg.data.val_fraction,
             name=data.name,
             columns=data.columns,
+            stats=None if state is None else (state["mean"], state["std"]),
+            sample_steps=cfg.train.sample_tokens,
         )
 
-    def model_overrides(self) -> dict[str, Any]:
+    def model_requirements(self) -> dict[str, Any]:
         """Model config values the data fixes: the number of series features."""
         return {"num_features": self.num_features}
 
@@ -189,6 +228,10 @@ class ForecastTask:
     def batch(self, split: str, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
         lo, hi = self._range(split)
         return self.windows(split, torch.randint(lo, hi + 1, (batch_size,), generator=generator))
+
+    def count_tokens(self, batch: dict[str, Tensor]) -> int:
+        """Time steps the model reads (batch x context); a step holds num_features values."""
+        return batch["inputs"].shape[0] * batch["inputs"].shape[1]
 
     def _last_errors(self, pred: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Standardized errors of the last position's forecasts: model, naive, seasonal [rows, f]."""
@@ -271,18 +314,23 @@ class ForecastTask:
         return out
 
     @torch.no_grad()
-    def sample(self, model: nn.Module, max_new_tokens: int = 12, **_unused) -> str:
+    def sample(self, model: nn.Module, run_dir: Path | None = None, **options) -> str:
         """An iterated forecast of the first test points from the context before them, vs the truth.
 
         Each step feeds the forecast back as the newest input (multi-step, unlike the one-step
-        metrics). Text-generation arguments (prompt, temperature, ...) are accepted and ignored.
+        metrics). Options: max_new_tokens, the number of steps (default train.sample_tokens,
+        at most the test part). Writes no files.
         """
+        reject_unknown_sample_options(self.name, options, SAMPLE_OPTIONS)
+        max_new_tokens = options.get("max_new_tokens", self.sample_steps)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ConfigError(f"max_new_tokens (forecast steps) must be an int >= 0, got {max_new_tokens!r}")
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
         steps = min(max_new_tokens, len(self.data) - self.val_end)
         window = self.data[self.val_end - self.context : self.val_end].to(device)[None]  # [1, t, f]
-        lines = [f"{self.name}: iterated forecast of the first {steps} test points (original units)"]
+        lines = [f"{self.series_name}: iterated forecast of the first {steps} test points (original units)"]
         lines.append(f"{'step':>4}  {'forecast':>24}  {'actual':>24}")
         for step in range(steps):
             pred, _, _ = predict(model, window)
@@ -298,7 +346,7 @@ class ForecastTask:
     def state_dict(self) -> dict[str, Any]:
         """What the run directory records: the series, its split points and the train statistics."""
         return {
-            "series": self.name,
+            "series": self.series_name,
             "columns": self.columns,
             "context": self.context,
             "season": self.season,

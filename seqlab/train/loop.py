@@ -1,15 +1,23 @@
 """The training loop: one explicit loop, readable in one sitting.
 
+    build the task (from the config and, resuming, its saved state), the callbacks, the model
+    (+ the task's requirements); load weights; wrap for parallelism; make the optimizer
     for step in range(start, max_iters):
-        evaluate + checkpoint every eval_interval steps
+        evaluate + checkpoint every eval_interval steps (every process evaluates the same
+        batches: with FSDP the forward is a collective)
         draw the global batch, take this process's rows, split into accumulation micro-batches
-        forward (optionally under bf16 autocast), backward, clip, AdamW step, log
+        forward (optionally under bf16 autocast), backward, clip, AdamW step, log, callbacks
 
-Exact resume: the data generator, the RNG states, the optimizer and the schedule position are
-saved, and evaluation uses its own fixed generator, so an interrupted and resumed run
-produces the same losses as an uninterrupted one. A NaN/inf loss stops the run before any
-checkpoint is written, so the last good checkpoint stays intact. Ctrl-C and --max-time save
-a checkpoint before stopping.
+The loop knows only the task interface (seqlab.tasks.base.Task), the callback protocol
+(seqlab.train.callbacks) and the parallel helpers (wrap, no_sync, clip_grad_norm, full state
+dicts); nothing in it depends on the model or the task.
+
+Exact resume: the data generator, the RNG states, the optimizer, the schedule position and
+every callback's state (by name) are saved, and evaluation uses its own fixed generator, so an
+interrupted and resumed run produces the same losses as an uninterrupted one. A NaN/inf loss
+stops the run before any checkpoint is written, so the last good checkpoint stays intact.
+Ctrl-C, SIGTERM and --max-time save a checkpoint before stopping; with several processes the
+stop is agreed at a step boundary, so every process stops after the same step.
 """
 
 import contextlib
@@ -23,19 +31,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from seqlab import __version__
 from seqlab.config import to_dict
-from seqlab.errors import CheckpointError, ConfigError, TrainingDiverged
-from seqlab.models import build_config, count_parameters, model_entry
-from seqlab.tasks import TASKS
+from seqlab.errors import ConfigError, TrainingDiverged
+from seqlab.models import count_parameters, model_entry
 from seqlab.train import checkpoint as ckpt
-from seqlab.train import distributed
-from seqlab.train.config import RunConfig, load_run_config, resolved_dict, run_config_from_dict
+from seqlab.train import distributed, parallel
+from seqlab.train.callbacks import Callback, build_callbacks
+from seqlab.train.config import RunConfig, resolved_dict
 from seqlab.train.metrics import MetricsLog, plot_loss_curve
 from seqlab.train.optim import lr_at, make_optimizer
+from seqlab.train.runs import build_model_for_task, build_task, read_task_state, task_file
 
 
 @dataclass
@@ -63,53 +71,6 @@ def default_run_dir(cfg: RunConfig) -> Path:
     return path
 
 
-def build_task(cfg: RunConfig, block_size: int, tokenizer_state: dict | None = None):
-    d = cfg.data
-    return TASKS[cfg.task].from_source(
-        d.source,
-        block_size,
-        tokenizer=d.tokenizer,
-        vocab_size=d.vocab_size,
-        val_fraction=d.val_fraction,
-        tokenizer_state=tokenizer_state,
-        **cfg.task_options,
-    )
-
-
-def build_model_for_task(cfg: RunConfig, task):
-    """Model config from the run's model section, completed by the task.
-
-    The task fixes the vocabulary (vocab_size: at least the tokenizer's) and the values its
-    model_overrides() returns, e.g. a forecast's number of series features (num_features).
-    """
-    section = dict(cfg.model)
-    name, preset = section.pop("name", "gpt"), section.pop("preset", "tiny")
-    overrides = task.model_overrides() if hasattr(task, "model_overrides") else {}
-    for key, value in overrides.items():
-        if section.get(key, value) != value:
-            raise ConfigError(
-                f"model.{key}={section[key]} does not match the data: the {task.name} task needs "
-                f"{key}={value}; remove the override"
-            )
-        section[key] = value
-    if getattr(task, "vocab_size", None) is not None:
-        if section.get("vocab_size", task.vocab_size) < task.vocab_size:
-            raise ConfigError(
-                f"model.vocab_size={section['vocab_size']} is smaller than the tokenizer's vocabulary "
-                f"({task.vocab_size}); remove the override or raise it"
-            )
-        section.setdefault("vocab_size", task.vocab_size)
-    model_cfg = build_config(name, preset, **section)
-    return model_entry(name).model(model_cfg), model_cfg
-
-
-def block_size(cfg: RunConfig) -> int:
-    """The context length a run trains at: its model config's max_seq_len."""
-    section = dict(cfg.model)
-    name, preset = section.pop("name", "gpt"), section.pop("preset", "tiny")
-    return build_config(name, preset, **section).max_seq_len
-
-
 @torch.no_grad()
 def evaluate(model, task, cfg: RunConfig, device, autocast) -> dict[str, Any]:
     """Mean loss over fixed validation batches (same batches at every evaluation) and metrics."""
@@ -122,7 +83,7 @@ def evaluate(model, task, cfg: RunConfig, device, autocast) -> dict[str, Any]:
         batch = {k: v.to(device) for k, v in task.batch("val", t.batch_size, gen).items()}
         with autocast():
             _, metrics = task.loss(model, batch)
-        losses.append(float(metrics.pop(primary, metrics.get("loss", float("nan")))))
+        losses.append(float(metrics.pop(primary)))
         for k, v in metrics.items():
             if isinstance(v, torch.Tensor) and v.numel() == 1:
                 aux.setdefault(k, []).append(float(v))
@@ -133,60 +94,80 @@ def evaluate(model, task, cfg: RunConfig, device, autocast) -> dict[str, Any]:
     return out
 
 
-def resume_config(run_dir: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """The saved config of a run directory, with dotted overrides (e.g. a longer train.max_iters)."""
-    saved = Path(run_dir) / "config.json"
-    if not saved.is_file():
-        raise CheckpointError(
-            f"cannot resume: {str(saved)!r} not found; pass a run directory written by `seqlab train`"
-        )
-    cfg = load_run_config(overrides=overrides, base=run_config_from_dict(json.loads(saved.read_text())))
-    cfg.run_dir = str(run_dir)
-    return cfg
-
-
 class _StopRequest:
-    """The first Ctrl-C asks the loop to stop at the next step boundary (then it saves);
-    a second one interrupts at once. Only in the main thread, where signals can be handled."""
+    """The first Ctrl-C (SIGINT) or SIGTERM (what schedulers send before they kill) asks the
+    loop to stop at the next step boundary, then it saves; a second one interrupts at once.
+    Only in the main thread, where signals can be handled."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous = {}
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nseqlab: stopping after this step (Ctrl-C again to stop at once)", flush=True)
+        name = signal.Signals(signum).name
+        print(f"\nseqlab: {name}: stopping after this step ({name} again to stop at once)", flush=True)
 
     def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            # None: the previous handler was not installed from Python (the default then).
+            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
 
 
-def train(cfg: RunConfig, resume: str | Path | None = None, callbacks: list | None = None) -> TrainResult:
+def train(
+    cfg: RunConfig, resume: str | Path | None = None, callbacks: list[Callback] | None = None
+) -> TrainResult:
     """Train per `cfg`; with `resume` (a run directory), continue exactly where it stopped.
 
-    When resuming, `cfg` should be `resume_config(run_dir)` (the saved config, optionally with
-    overrides such as a longer max_iters); a model that does not match the checkpoint is an error.
+    When resuming, `cfg` should be `runs.resume_config(run_dir)` (the saved config, optionally
+    with overrides such as a longer max_iters); a model that does not match the checkpoint is an
+    error. `callbacks`: Callback objects made in Python, beside those the config and the model's
+    registry entry name (seqlab.train.callbacks).
     """
-    callbacks = list(callbacks or [])
     info, device = distributed.setup(cfg.train.device)
     try:
-        return _train(cfg, resume, callbacks, info, device)
+        # A process that goes silent ends the others' wait with one line naming its rank.
+        with distributed.guard(info):
+            return _train(cfg, resume, list(callbacks or []), info, device)
     finally:
         distributed.teardown()
 
 
-def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
-    state = None
+def _run_callbacks(cfg: RunConfig, extra: list[Callback]) -> list[Callback]:
+    """The model's registry callbacks, the config's, then the Python ones; names are unique."""
+    callbacks = build_callbacks(cfg.train.callbacks, model_entry(cfg.model.get("name", "gpt")).callbacks)
+    callbacks += extra
+    names = [cb.name for cb in callbacks]
+    if len(set(names)) != len(names):
+        raise ConfigError(
+            f"callback names must be unique (their states are saved by name), got {names}; give "
+            "each callback made in Python its own `name`"
+        )
+    return callbacks
+
+
+def _agreed_flags(flags: list[bool], info, device) -> list[bool]:
+    """Each flag true on any process, so that every process takes the same decision."""
+    if not info.enabled:
+        return flags
+    agreed = distributed.mean_across(torch.tensor([float(f) for f in flags], device=device), info)
+    return [v > 0 for v in agreed.tolist()]
+
+
+def _train(cfg: RunConfig, resume, extra_callbacks, info, device) -> TrainResult:
+    t = cfg.train
+    state, task_state = None, None
     if resume is not None:
         run_dir = Path(resume)
-        ckpt_dir = ckpt.find_checkpoint(run_dir, "latest")
-        state = ckpt.load_trainer_state(ckpt_dir)
-        tokenizer_state = json.loads((run_dir / "task.json").read_text()).get("tokenizer")
+        ckpt_dir, ckpt_meta = ckpt.open_checkpoint(run_dir, "latest")
+        state = ckpt.load_trainer_state(ckpt_dir, ckpt_meta)
+        task_state = read_task_state(run_dir, cfg.task)
     else:
         run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
         if _holds_a_run(run_dir):
@@ -194,17 +175,19 @@ def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
                 f"run directory {str(run_dir)!r} already holds a run; continue it with --resume {run_dir}, "
                 f"or choose another --run-dir (a new run never overwrites an earlier one)"
             )
-        tokenizer_state = None
-    t = cfg.train
 
-    task = build_task(cfg, block_size(cfg), tokenizer_state)
+    task = build_task(cfg, task_state)
     primary = task.primary_loss_key  # logged as "loss"; not twice
+    callbacks = _run_callbacks(cfg, extra_callbacks)
     torch.manual_seed(t.seed)  # the same initial weights on every process and every run
     model, model_cfg = build_model_for_task(cfg, task)
     model_name = cfg.model.get("name", "gpt")
     if state is not None:
-        ckpt.load_weights(model, ckpt_dir)
+        ckpt.load_weights(model, ckpt_dir, ckpt_meta)
     model.to(device)
+    # torch.compile before the parallel wrapper, as DDP recommends; evaluation and samples use
+    # `model` itself (with FSDP it is sharded in place, so they run on every process).
+    train_model = parallel.wrap(torch.compile(model) if t.compile else model, info, device, t.parallel)
     optimizer = make_optimizer(model, t.lr, t.weight_decay, (t.beta1, t.beta2))
 
     per_rank, rem = divmod(t.batch_size, info.world_size * t.grad_accum)
@@ -219,30 +202,31 @@ def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
     step, best_val, last_eval_step = 0, math.inf, -1
     last_saved_step = -1
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        parallel.load_optimizer_state(model, optimizer, state["optimizer"], t.parallel)
         data_gen.set_state(state["data_rng"])
         torch.set_rng_state(
             state["torch_rng"][info.rank] if info.rank < len(state["torch_rng"]) else state["torch_rng"][0]
         )
         step, best_val, last_eval_step = state["step"], state["best_val"], state["last_eval_step"]
         last_saved_step = step
-        for cb, cb_state in zip(callbacks, state.get("callbacks", [])):
-            if hasattr(cb, "load_state_dict"):
-                cb.load_state_dict(cb_state)
+        saved_callbacks = state["callbacks"]
+        for cb in callbacks:
+            if cb.name in saved_callbacks:
+                cb.load_state_dict(saved_callbacks[cb.name])
+        dropped = sorted(set(saved_callbacks) - {cb.name for cb in callbacks})
+        if dropped and info.is_main:
+            print(f"seqlab: ignoring the saved state of {', '.join(dropped)}: not a callback of this run")
 
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt.atomic_write_text(run_dir / "config.json", json.dumps(resolved_dict(cfg, model_cfg), indent=2))
-        ckpt.atomic_write_text(run_dir / "task.json", json.dumps(task.state_dict()))
+        ckpt.atomic_write_text(run_dir / "task.json", json.dumps(task_file(task)))
     log = (
         MetricsLog(run_dir / "metrics.jsonl", keep_until_step=step if state is not None else -1)
         if info.is_main
         else None
     )
 
-    train_model = torch.compile(model) if t.compile else model
-    if info.enabled:
-        train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None)
     use_bf16 = t.dtype == "bfloat16"
 
     def autocast():
@@ -252,53 +236,62 @@ def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
 
     meta = {
         "model": {"name": model_name, **to_dict(model_cfg)},
+        "task": cfg.task,
         "seqlab_version": __version__,
         "torch_version": torch.__version__,
     }
 
+    def report(cb: Callback, values: dict[str, Any] | None) -> None:
+        """What a callback did or measured goes to metrics.jsonl."""
+        if values and info.is_main:
+            log.write({"step": step, "split": "callback", "callback": cb.name, **values})
+
     def save(is_best: bool, val_loss: float | None, torch_rng: list | None = None):
-        """Rank 0 writes; `torch_rng` holds every rank's RNG state when the caller gathered them."""
+        """Every process gathers the full state (a collective with FSDP); rank 0 writes.
+
+        `torch_rng` holds every rank's RNG state when the caller gathered them."""
         nonlocal last_saved_step
         last_saved_step = step
+        model_state = parallel.model_state_dict(model, t.parallel)
+        optimizer_state = parallel.optimizer_state_dict(model, optimizer, t.parallel)
         if not info.is_main:
             return
         trainer_state = {
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "data_rng": data_gen.get_state(),
             "torch_rng": torch_rng or [torch.get_rng_state()],
             "step": step,
             "best_val": best_val,
             "last_eval_step": last_eval_step,
-            "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else {} for cb in callbacks],
+            "callbacks": {cb.name: cb.state_dict() for cb in callbacks},
         }
         ckpt.save_checkpoint(
-            run_dir / "checkpoints", step, model, trainer_state, {**meta, "val_loss": val_loss}, is_best
+            run_dir / "checkpoints", step, model_state, trainer_state, {**meta, "val_loss": val_loss}, is_best
         )
 
     def run_eval():
         nonlocal best_val, last_eval_step
-        result = None
         rng = distributed.gather_rng_states(info)
+        result = evaluate(model, task, cfg, device, autocast)
+        if not math.isfinite(result["loss"]):
+            raise TrainingDiverged(
+                f"validation loss is {result['loss']} at step {step}; nothing was saved for this step "
+                f"and the last good checkpoint in {run_dir / 'checkpoints'} is intact. Lower train.lr, "
+                f"enable train.grad_clip, or use float32."
+            )
+        is_best = result["loss"] < best_val
+        best_val = min(best_val, result["loss"])
+        last_eval_step = step
         if info.is_main:
-            result = evaluate(model, task, cfg, device, autocast)
-            if not math.isfinite(result["loss"]):
-                raise TrainingDiverged(
-                    f"validation loss is {result['loss']} at step {step}; nothing was saved for this step "
-                    f"and the last good checkpoint in {run_dir / 'checkpoints'} is intact. Lower train.lr, "
-                    f"enable train.grad_clip, or use float32."
-                )
-            is_best = result["loss"] < best_val
-            best_val = min(best_val, result["loss"])
-            last_eval_step = step
             log.write({"step": step, "split": "val", **result})
-            for cb in callbacks:
-                if hasattr(cb, "on_eval"):
-                    cb.on_eval(step, result, model)
-            save(is_best, result["loss"], rng)
+        for cb in callbacks:
+            report(cb, cb.on_eval(step, result, model))
+        save(is_best, result["loss"], rng)
+        if info.is_main:
             plot_loss_curve(
                 run_dir / "metrics.jsonl",
                 run_dir / "loss_curve.png",
-                f"{model_name} on {cfg.data.source or 'default corpus'}",
+                f"{model_name} on {cfg.data.source or 'default data'}",
             )
         distributed.barrier(info)
         return result
@@ -309,16 +302,13 @@ def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
             f"{t.dtype}, {info.world_size} process(es), run dir {run_dir}"
         )
     bar = tqdm(total=t.max_iters, initial=step, disable=not (info.is_main and t.progress), dynamic_ncols=True)
-    tokens_per_step = t.batch_size * task.block_size if hasattr(task, "block_size") else t.batch_size
     start_time = time.time()
-    window_time, window_steps, total_tokens = time.time(), 0, 0
+    window_time, window_tokens, total_tokens = time.time(), 0, 0
     stopped, last_val, running = "finished", None, None
     stop = _StopRequest()
-    mid_step = False
+    mid_step = agreed_stop = False
     try:
         while step < t.max_iters:
-            if stop.requested:
-                raise KeyboardInterrupt
             if step % t.eval_interval == 0 and step != last_eval_step:
                 last_val = run_eval()
             elif t.checkpoint_interval and step % t.checkpoint_interval == 0 and step > last_saved_step:
@@ -329,14 +319,15 @@ def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
 
             mid_step = True  # from drawing the batch until `step` counts the update
             batch = task.batch("train", t.batch_size, data_gen)
+            tokens = task.count_tokens(batch)  # the global batch, on the CPU: no device sync
             rows = slice(info.rank * per_rank * t.grad_accum, (info.rank + 1) * per_rank * t.grad_accum)
             batch = {k: v[rows].to(device) for k, v in batch.items()}
             step_loss = torch.zeros((), device=device)
             step_metrics: dict[str, Any] = {}
             for micro in range(t.grad_accum):
                 mb = {k: v[micro * per_rank : (micro + 1) * per_rank] for k, v in batch.items()}
-                sync = micro == t.grad_accum - 1 or not info.enabled
-                with contextlib.nullcontext() if sync else train_model.no_sync(), autocast():
+                sync = micro == t.grad_accum - 1
+                with parallel.no_sync(train_model, t.parallel, sync), autocast():
                     loss, metrics = task.loss(train_model, mb)
                 (loss / t.grad_accum).backward()
                 step_loss += loss.detach().float() / t.grad_accum
@@ -349,18 +340,18 @@ def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
                     f"(now {t.lr}), keep train.grad_clip > 0, or train in float32."
                 )
             if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                parallel.clip_grad_norm(model, t.grad_clip, t.parallel)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             mid_step = False
-            window_steps += 1
-            total_tokens += tokens_per_step
+            window_tokens += tokens
+            total_tokens += tokens
 
             if step % t.log_interval == 0 or step == t.max_iters:
                 now = time.time()
-                tok_s = window_steps * tokens_per_step / max(now - window_time, 1e-9)
-                window_time, window_steps = now, 0
+                tok_s = window_tokens / max(now - window_time, 1e-9)
+                window_time, window_tokens = now, 0
                 if info.is_main:
                     extra = {k: v for k, v in step_metrics.items() if k != primary}
                     log.write(
@@ -379,14 +370,21 @@ def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
                         val=f"{best_val:.4f}" if math.isfinite(best_val) else "-",
                     )
             for cb in callbacks:
-                if hasattr(cb, "on_train_step"):
-                    cb.on_train_step(step, running, model, optimizer)
+                report(cb, cb.on_train_step(step, running, model, optimizer))
             bar.update(1)
-            if t.max_time is not None and time.time() - start_time > t.max_time:
+            over_time = t.max_time is not None and time.time() - start_time > t.max_time
+            interrupted, over_time = _agreed_flags([stop.requested, over_time], info, device)
+            if interrupted:
+                agreed_stop = True
+                raise KeyboardInterrupt
+            if over_time:
                 stopped = "max_time"
                 break
     except KeyboardInterrupt:
         bar.close()
+        # An agreed stop finds every process at the same step boundary, so the checkpoint may
+        # gather state from all of them; any other interrupt reached this process alone.
+        lone = info.enabled and not agreed_stop
         if mid_step:
             # The data and RNG state already belong to the next step: saving would break exact
             # resume (a first Ctrl-C waits for the step to end; this was a second one).
@@ -395,12 +393,17 @@ def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
                     f"\nseqlab: interrupted inside step {step + 1}; nothing saved, "
                     "the last checkpoint is intact."
                 )
+        elif step > last_saved_step and lone and t.parallel == "fsdp":
+            if info.is_main:
+                print(
+                    f"\nseqlab: interrupted at step {step} on this process only; a sharded model "
+                    "cannot be saved without the others, so nothing was saved."
+                )
         elif step > last_saved_step:
             if info.is_main:
                 print(f"\nseqlab: interrupted at step {step}; saving a checkpoint to resume from.")
-            # No collective here (the other processes may not have been interrupted together), so
-            # only rank 0's dropout RNG is saved; an evaluation-time checkpoint keeps every rank's.
-            save(False, None)
+            # Alone, only rank 0's dropout RNG can be saved; an agreed stop keeps every rank's.
+            save(False, None, None if lone else distributed.gather_rng_states(info))
         raise
     finally:
         stop.restore()
@@ -409,9 +412,11 @@ def _train(cfg: RunConfig, resume, callbacks, info, device) -> TrainResult:
         last_val = run_eval()
     elapsed = time.time() - start_time
     sample = ""
+    if t.sample_tokens > 0:
+        # Every process samples (the same computation: with FSDP the forward is a collective).
+        sample = task.sample(model, run_dir=run_dir if info.is_main else None)
     if info.is_main:
-        if hasattr(task, "sample") and t.sample_tokens > 0:
-            sample = task.sample(model, prompt=t.sample_prompt, max_new_tokens=t.sample_tokens, seed=t.seed)
+        if sample:
             with open(run_dir / "samples.txt", "a") as f:
                 f.write(f"--- step {step} ---\n{sample}\n")
         val_txt = f"{last_val['loss']:.4f}" if last_val else "n/a"

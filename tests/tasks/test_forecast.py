@@ -13,13 +13,11 @@ import torch
 from torch import nn
 
 from seqlab.errors import ConfigError, DataError
-from seqlab.layers.series import SeriesModel
-from seqlab.models import MODELS, ModelEntry
-from seqlab.models.lfm import LFModel
+from seqlab.models import MODELS, ModelEntry, build_model
 from seqlab.models.output import ModelOutput
 from seqlab.tasks.forecast import ForecastTask
 from seqlab.train import load_run_config, train
-from seqlab.train.loop import build_task, resume_config
+from seqlab.train.runs import build_task, load_run, resume_config
 
 SQUARES = np.arange(20.0) ** 2
 
@@ -32,7 +30,7 @@ class Scale(nn.Module):
         self.w = nn.Parameter(torch.tensor(w))
 
     def forward(self, x):
-        return self.w * x
+        return ModelOutput(logits=self.w * x)
 
 
 def toy_task(series=SQUARES, season=2):
@@ -116,21 +114,26 @@ def test_loss_metrics_per_batch_and_eval_summary():
     assert task.eval_summary(2 * val_naive)["mse_vs_naive"] == pytest.approx(2, rel=1e-5)
 
 
-def test_aux_losses_from_lfmodel_and_from_model_output():
+def test_aux_losses_of_the_registered_forecaster_are_added():
     task = toy_task()
     torch.manual_seed(0)
-    model = SeriesModel(LFModel(8, 8, 8, 4, 2, lambda_entropy=0.05, max_seq_len=4), 1, 8)
-    total, metrics = task.loss(model, task.windows("train"))
-    assert total.item() == pytest.approx((metrics["mse_loss"] + metrics["moe0/entropy"]).item(), rel=1e-6)
-    assert {"moe0/h_sample", "moe0/h_usage", "moe0/load0"} <= metrics.keys()
+    model = build_model("lfm_series", "tiny", num_features=1, max_seq_len=4, lambda_entropy=0.05)
+    batch = task.windows("train")
+    total, metrics = task.loss(model, batch)
+    aux = model(batch["inputs"]).aux_losses
+    assert aux, "the LFM forecaster reports its MoE entropy term"
+    torch.testing.assert_close(total.detach(), metrics["mse_loss"] + sum(v.detach() for v in aux.values()))
+    assert set(aux) <= set(metrics)
     total.backward()
-    assert model.backbone.blocks[0].moe.router.weight.grad is not None
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
-    class WithOutput(Scale):
+    class WithAux(Scale):
         def forward(self, x):
-            return ModelOutput(logits=super().forward(x), aux_losses={"extra": torch.tensor(0.5)})
+            out = super().forward(x)
+            out.aux_losses["extra"] = torch.tensor(0.5)
+            return out
 
-    total, metrics = task.loss(WithOutput(1.0), task.windows("test"))
+    total, metrics = task.loss(WithAux(1.0), task.windows("test"))
     assert total.item() == pytest.approx(metrics["mse_loss"].item() + 0.5)
     assert "iterated forecast of the first 2 test points" in task.sample(model)
 
@@ -141,9 +144,28 @@ def test_errors():
     with pytest.raises(DataError, match="NaN"):
         ForecastTask(np.array([1.0, np.nan] * 20), context=4)
     with pytest.raises(DataError, match=r"forecasting needs \[batch, time, 1 series features\]"):
-        toy_task().loss(lambda x: x[..., :0], toy_task().windows("test"))
+        toy_task().loss(lambda x: ModelOutput(x[..., :0]), toy_task().windows("test"))
+    with pytest.raises(DataError, match="must return seqlab.models.output.ModelOutput"):
+        toy_task().loss(lambda x: x, toy_task().windows("test"))
     with pytest.raises(ConfigError, match="season"):
         ForecastTask(SQUARES, context=4, season=-1)
+    with pytest.raises(ConfigError, match="samples take no prompt, temperature; they take: max_new_tokens"):
+        toy_task().sample(Scale(1.0), prompt="x", temperature=0.5)
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        toy_task().sample(Scale(1.0), max_new_tokens=-5)
+
+
+def test_protocol_pieces_and_saved_statistics():
+    task = toy_task()
+    assert task.model_requirements() == {"num_features": 1}
+    assert task.count_tokens(task.batch("train", 3, torch.Generator().manual_seed(0))) == 3 * 4
+    state = task.state_dict()
+    # A reopened run standardizes with its own train statistics, even on another series.
+    other = ForecastTask(SQUARES * 3, context=4, stats=(state["mean"], state["std"]))
+    torch.testing.assert_close(other.mean, task.mean)
+    torch.testing.assert_close(other.std, task.std)
+    with pytest.raises(DataError, match="trained on 1"):
+        ForecastTask(np.stack([SQUARES, SQUARES], 1), context=4, stats=(state["mean"], state["std"]))
 
 
 @dataclass
@@ -154,15 +176,20 @@ class ToySeriesConfig:
 
 
 class ToySeriesModel(nn.Module):
-    """What a registered forecasting model looks like: config in, ModelOutput out."""
+    """What a registered forecasting model looks like: config in, ModelOutput out (here a
+    per-position MLP on the change from the last value, with a toy aux loss and metric)."""
 
     def __init__(self, cfg: ToySeriesConfig):
         super().__init__()
-        backbone = LFModel(cfg.dim, cfg.dim, cfg.dim, 4, 2, max_seq_len=cfg.max_seq_len)
-        self.net = SeriesModel(backbone, cfg.num_features, cfg.dim)
+        self.config = cfg
+        self.net = nn.Sequential(
+            nn.Linear(cfg.num_features, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.num_features)
+        )
 
     def forward(self, x, targets=None):
-        return ModelOutput(logits=self.net(x), aux_losses=self.net.aux_losses(), metrics=self.net.metrics())
+        pred = x + self.net(x)
+        aux = {"toy_penalty": 1e-3 * self.net[0].weight.square().mean()}
+        return ModelOutput(logits=pred, aux_losses=aux, metrics={"toy_metric": torch.tensor(3.0)})
 
 
 @pytest.fixture
@@ -200,16 +227,19 @@ def test_trainer_runs_and_resumes_a_forecast_task(tmp_path, series_csv, toy_seri
     result = train(load_run_config(overrides=[*common, "train.max_iters=6"]))
     assert result.step == 6 and np.isfinite(result.val_loss)
     saved = json.loads((run / "config.json").read_text())
-    assert saved["model"]["num_features"] == 2  # from the task's model_overrides()
+    assert saved["model"]["num_features"] == 2  # from the task's model_requirements()
+    assert json.loads((run / "task.json").read_text())["task"] == "forecast"
     val_rows = [
         r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == "val"
     ]
-    assert {"mse_vs_naive", "mse_vs_seasonal", "naive_mse", "seasonal_mae", "moe0/h_sample"} <= val_rows[
+    assert {"mse_vs_naive", "mse_vs_seasonal", "naive_mse", "seasonal_mae", "toy_metric"} <= val_rows[
         -1
     ].keys()
     assert "iterated forecast of the first 3 test points" in (run / "samples.txt").read_text()
     resumed = train(resume_config(run, ["train.max_iters=8"]), resume=run)
     assert resumed.step == 8
+    model, task, _, _ = load_run(run, "latest")
+    assert task.columns == ["a", "b"] and task.evaluate(model, "test")["windows"] > 0
 
     with pytest.raises(ConfigError, match="does not match the data"):
         cfg = load_run_config(overrides=[*common, "model.num_features=3", f"run_dir={run}-other"])
@@ -221,8 +251,18 @@ def test_task_options_and_model_task_are_checked(series_csv, toy_series_model):
     cfg = load_run_config(
         overrides=[*model, "task=forecast", f"data.source={series_csv}", "task_options.column=1"]
     )
-    task = build_task(cfg, 8)
+    task = build_task(cfg)
     assert task.columns == ["a"] and task.num_features == 1 and task.season is None
+    assert task.context == 8  # the model's max_seq_len
+    cfg.task_options["context"] = 5
+    assert build_task(cfg).context == 5
+    cfg.task_options["context"] = 9
+    with pytest.raises(ConfigError, match="context=9 is longer than the model's max_seq_len=8"):
+        build_task(cfg)
+    with pytest.raises(ConfigError, match="task_options.season=-2"):
+        load_run_config(overrides=[*model, "task_options.season=-2"])
+    with pytest.raises(ConfigError, match="task_options.nan='fill'"):
+        load_run_config(overrides=[*model, "task_options.nan=fill"])
     with pytest.raises(ConfigError, match="unknown key 'colum' in task_options of task 'forecast'.*'column'"):
         load_run_config(overrides=[*model, "task=forecast", "task_options.colum=a"])
     with pytest.raises(ConfigError, match="unknown key 'column' in task_options of task 'lm'"):

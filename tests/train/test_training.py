@@ -12,9 +12,9 @@ from seqlab.errors import CheckpointError, ConfigError, DataError, TrainingDiver
 from seqlab.models import build_model
 from seqlab.train import checkpoint as ckpt
 from seqlab.train import train
-from seqlab.train.loop import resume_config
+from seqlab.train.callbacks import Callback
 from seqlab.train.metrics import read_metrics
-from seqlab.train.runs import load_run
+from seqlab.train.runs import load_run, resume_config
 
 
 def _train_losses(run_dir):
@@ -42,8 +42,10 @@ def test_short_run_on_real_text_falls_well_below_unigram_entropy(tiny_cfg):
     assert "step 300" in (result.run_dir / "samples.txt").read_text()
 
 
-class StopAt:
+class StopAt(Callback):
     """A callback that interrupts training (as Ctrl-C would) after a given step."""
+
+    name = "stop_at"
 
     def __init__(self, step):
         self.step = step
@@ -103,7 +105,9 @@ def test_ctrl_c_stops_at_the_next_step_boundary_and_saves(tiny_cfg, tmp_path):
     import os
     import signal
 
-    class SendSigint:
+    class SendSigint(Callback):
+        name = "send_sigint"
+
         def on_train_step(self, step, loss, model, optimizer):
             if step == 6:
                 os.kill(os.getpid(), signal.SIGINT)  # handled: the step finishes, then the loop stops
@@ -114,14 +118,54 @@ def test_ctrl_c_stops_at_the_next_step_boundary_and_saves(tiny_cfg, tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
+def test_sigterm_stops_at_the_next_step_boundary_and_saves(tiny_cfg, tmp_path):
+    import os
+    import signal
+
+    class SendSigterm(Callback):
+        name = "send_sigterm"
+
+        def on_train_step(self, step, loss, model, optimizer):
+            if step == 5:
+                os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler sends before it kills
+
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg(run_dir=tmp_path / "term"), callbacks=[SendSigterm()])
+    assert ckpt.read_meta(ckpt.find_checkpoint(tmp_path / "term"))["step"] == 5
+    assert signal.getsignal(signal.SIGTERM) == previous  # handler restored
+
+
+def test_checkpoint_names_that_do_not_exist_list_the_ones_that_do(tiny_cfg, tmp_path, capsys):
+    from seqlab.cli.main import main
+
+    run = train(tiny_cfg(run_dir=tmp_path / "n")).run_dir
+    assert ckpt.find_checkpoint(run, "step_0000012").name == "step_0000012"
+    for which in ("garbage", "step_99"):
+        with pytest.raises(CheckpointError, match=rf"no checkpoint '{which}'.*latest, best, step_0000012"):
+            ckpt.find_checkpoint(run, which)
+    (run / "checkpoints" / "latest").write_text("step_0000099")
+    with pytest.raises(CheckpointError, match="points at 'step_0000099', which does not exist"):
+        ckpt.find_checkpoint(run, "latest")
+    assert ckpt.find_checkpoint(run, "best").name == "step_0000012"
+    # eval needs the weights only: a checkpoint without trainer.pt still evaluates.
+    (ckpt.find_checkpoint(run, "best") / "trainer.pt").unlink()
+    capsys.readouterr()
+    assert main(["eval", str(run), "--eval-iters", "1"]) == 0
+    assert main(["eval", str(run), "--checkpoint", "garbage"]) == 2
+    assert "no checkpoint 'garbage'" in capsys.readouterr().err
+
+
 def test_resume_can_extend_a_finished_run(tiny_cfg, tmp_path):
     train(tiny_cfg(run_dir=tmp_path / "r"))
     longer = train(resume_config(tmp_path / "r", ["train.max_iters=16"]), resume=tmp_path / "r")
     assert longer.step == 16
 
 
-class PoisonAt:
+class PoisonAt(Callback):
     """Sets a weight to NaN after a step, as a diverging run would."""
+
+    name = "poison_at"
 
     def __init__(self, step):
         self.step = step
@@ -181,9 +225,10 @@ def test_loading_trainer_state_never_executes_pickled_code(tmp_path):
     pwned = tmp_path / "pwned"
     with open(bad / "trainer.pt", "wb") as f:
         pickle.dump({"x": _Exploit(pwned)}, f)
-    with pytest.raises(CheckpointError, match="cannot read trainer state"):
+    with pytest.raises(CheckpointError, match="cannot read trainer state") as error:
         ckpt.load_trainer_state(bad)
     assert not pwned.exists()
+    assert "weights_only" not in str(error.value)  # never the advice to load it unsafely
 
 
 def test_missing_and_too_short_data_are_clear(tiny_cfg, tmp_path):
@@ -243,7 +288,7 @@ def test_aux_losses_are_added_and_metrics_logged_without_model_specific_code(tin
 
 
 def test_max_time_saves_a_checkpoint_and_the_run_can_resume(tiny_cfg, tmp_path):
-    result = train(tiny_cfg("train.max_time=0", run_dir=tmp_path / "t"))
+    result = train(tiny_cfg("train.max_time=1e-9", run_dir=tmp_path / "t"))
     assert result.stopped == "max_time" and result.step == 1
     assert ckpt.read_meta(ckpt.find_checkpoint(tmp_path / "t"))["step"] == 1
     # max_time is a budget per invocation: the saved one applies again unless overridden.
