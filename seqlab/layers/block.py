@@ -25,7 +25,6 @@ the encoder output for cross-attention, LFM's adapt input.
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from seqlab.layers.norm import make_norm

@@ -23,7 +23,9 @@ def _attention(dim, *, num_heads, dropout=0.0, max_seq_len=None, causal=True, wi
     return Attention(dim, num_heads, causal=causal, window=window, dropout=dropout, bias=bias)
 
 
-def _leap(dim, *, num_heads, dropout=0.0, max_seq_len=None, causal=True, window=None, rescale=None, decay=False):
+def _leap(
+    dim, *, num_heads, dropout=0.0, max_seq_len=None, causal=True, window=None, rescale=None, decay=False
+):
     from seqlab.layers.leap import MultiheadLeap
 
     if window is not None and max_seq_len is not None and window >= max_seq_len:
@@ -40,7 +42,9 @@ def _leap(dim, *, num_heads, dropout=0.0, max_seq_len=None, causal=True, window=
     )
 
 
-def _fastformer(dim, *, num_heads, dropout=0.0, max_seq_len=None, causal=True, window=None, rescale=10.0, decay=False):
+def _fastformer(
+    dim, *, num_heads, dropout=0.0, max_seq_len=None, causal=True, window=None, rescale=10.0, decay=False
+):
     from seqlab.layers.fastformer import FastformerAttention
 
     if not causal:
@@ -48,10 +52,14 @@ def _fastformer(dim, *, num_heads, dropout=0.0, max_seq_len=None, causal=True, w
     return FastformerAttention(dim, num_heads, window, dropout, rescale=rescale, decay=decay)
 
 
-def _token_mixing(dim, *, num_heads, dropout=0.0, max_seq_len, causal=True, adapt_dim=32, rank=8, generator="lowrank"):
+def _token_mixing(
+    dim, *, num_heads, dropout=0.0, max_seq_len, causal=True, adapt_dim=32, rank=8, generator="lowrank"
+):
     from seqlab.layers.mixing import TokenMixing
 
-    return TokenMixing(dim, adapt_dim, max_seq_len, causal, num_heads=num_heads, rank=rank, generator=generator)
+    return TokenMixing(
+        dim, adapt_dim, max_seq_len, causal, num_heads=num_heads, rank=rank, generator=generator
+    )
 
 
 MIXERS: dict[str, Callable[..., nn.Module]] = {

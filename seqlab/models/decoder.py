@@ -4,10 +4,10 @@
 
 `blocks` is any list of seqlab.layers.block.Block (attention, LEAP, Fastformer, hybrid,
 mixed per layer in `stack`); the skeleton builds the Context once per forward (positions,
-rotary tables, padding mask, and the adapt input when a `featurizer` is given), runs the blocks with their per-layer decoding states, and
-returns one ModelOutput with the feed-forwards' auxiliary losses and metrics. A model file
-builds its blocks and its initialization and hands them to this class; it holds no
-architecture of its own.
+rotary tables, padding mask, and the adapt input when a `featurizer` is given), runs the
+blocks with their per-layer decoding states, and returns one ModelOutput with the
+feed-forwards' auxiliary losses and metrics. A model file builds its blocks and its
+initialization and hands them to this class; it holds no architecture of its own.
 
 Positions count real tokens only: with attention_mask (1 = token, 0 = pad) a left-padded
 sequence gets the same positions as the unpadded one, and decoding continues from the real

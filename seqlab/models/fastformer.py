@@ -22,11 +22,16 @@ import torch
 from torch import nn
 
 from seqlab.errors import ConfigError
-from seqlab.layers.block import Block
 from seqlab.layers.fastformer import FastformerAttention
-from seqlab.layers.ffn import make_ffn
 from seqlab.models.decoder import DecoderLM
-from seqlab.models.leap import check_seed_config, init_seed_config, init_seed_weights, seed_window_schedule
+from seqlab.models.leap import PRESETS as LEAP_PRESETS
+from seqlab.models.leap import (
+    check_seed_config,
+    init_seed_config,
+    init_seed_weights,
+    seed_blocks,
+    seed_window_schedule,
+)
 from seqlab.models.output import ModelOutput
 
 POSITIONS = ("learned", "decay", "none")
@@ -76,36 +81,24 @@ class FastformerConfig:
         return seed_window_schedule(self.num_layers, self.max_seq_len, self.use_local_att, self.window_sizes)
 
 
-PRESETS = {
-    # LEAP's sizes, which are gpt's: comparisons are at equal width, depth and context.
-    "tiny": dict(dim=32, num_heads=1, num_layers=2, max_seq_len=32, dropout=0.0),
-    "baby": dict(dim=128, num_heads=4, num_layers=4, max_seq_len=64, dropout=0.0),
-    "small": dict(dim=384, num_heads=6, num_layers=6, max_seq_len=256, dropout=0.0),
-}
+# LEAP's sizes, which are gpt's: comparisons are at equal width, depth and context.
+PRESETS = {name: dict(values) for name, values in LEAP_PRESETS.items()}
 
 
 class FastformerForCausalLM(DecoderLM):
     def __init__(self, config: FastformerConfig):
         cfg = config
-        blocks = [
-            Block(
+        blocks = seed_blocks(
+            cfg,
+            lambda window: FastformerAttention(
                 cfg.dim,
-                FastformerAttention(
-                    cfg.dim,
-                    cfg.num_heads,
-                    window,
-                    cfg.dropout,
-                    rescale=cfg.rescale,
-                    decay=cfg.position == "decay",
-                ),
-                make_ffn(
-                    "mlp", cfg.dim, hidden_dim=int(cfg.mlp_ratio * cfg.dim), dropout=cfg.dropout, bias=True
-                ),
-                "layernorm",
-                bias=True,
-            )
-            for window in cfg.layer_windows()
-        ]
+                cfg.num_heads,
+                window,
+                cfg.dropout,
+                rescale=cfg.rescale,
+                decay=cfg.position == "decay",
+            ),
+        )
         super().__init__(
             cfg,
             blocks,

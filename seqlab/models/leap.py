@@ -219,29 +219,37 @@ PRESETS = {
 }
 
 
+def seed_blocks(cfg, mixer_for_window) -> list[Block]:
+    """The LEAP repository's layers (LEAP's and Fastformer's): per window of the schedule,
+    Block(LayerNorm, mixer_for_window(window), LayerNorm, GELU MLP with biases)."""
+    hidden = int(cfg.mlp_ratio * cfg.dim)
+    return [
+        Block(
+            cfg.dim,
+            mixer_for_window(window),
+            make_ffn("mlp", cfg.dim, hidden_dim=hidden, dropout=cfg.dropout, bias=True),
+            "layernorm",
+            bias=True,
+        )
+        for window in cfg.layer_windows()
+    ]
+
+
 class LeapForCausalLM(DecoderLM):
     def __init__(self, config: LeapConfig):
         cfg = config
-        blocks = [
-            Block(
+        blocks = seed_blocks(
+            cfg,
+            lambda window: MultiheadLeap(
                 cfg.dim,
-                MultiheadLeap(
-                    cfg.dim,
-                    cfg.num_heads,
-                    window,
-                    cfg.dropout,
-                    focus=cfg.focus,
-                    rescale=cfg.rescale,
-                    decay=cfg.position == "decay",
-                ),
-                make_ffn(
-                    "mlp", cfg.dim, hidden_dim=int(cfg.mlp_ratio * cfg.dim), dropout=cfg.dropout, bias=True
-                ),
-                "layernorm",
-                bias=True,
-            )
-            for window in cfg.layer_windows()
-        ]
+                cfg.num_heads,
+                window,
+                cfg.dropout,
+                focus=cfg.focus,
+                rescale=cfg.rescale,
+                decay=cfg.position == "decay",
+            ),
+        )
         super().__init__(
             cfg,
             blocks,

@@ -84,7 +84,7 @@ def _options(text: str | None, where: str) -> dict:
 
 
 def parse_layers(spec: str) -> list[LayerSpec]:
-    """"leap*2, attention+moe(top_k=2)" -> one LayerSpec per layer (repeats expanded)."""
+    """ "leap*2, attention+moe(top_k=2)" -> one LayerSpec per layer (repeats expanded)."""
     layers = []
     for item in _split_top_level(spec):
         m = _ITEM.match(item)
@@ -95,9 +95,13 @@ def parse_layers(spec: str) -> list[LayerSpec]:
             )
         mixer, ffn = m["mixer"], m["ffn"]
         if mixer != "none" and mixer not in MIXERS:
-            raise ConfigError(f"model.layers: unknown mixer {mixer!r}; choose one of {', '.join(MIXERS)} or none")
+            raise ConfigError(
+                f"model.layers: unknown mixer {mixer!r}; choose one of {', '.join(MIXERS)} or none"
+            )
         if ffn is not None and ffn != "none" and ffn not in FFNS:
-            raise ConfigError(f"model.layers: unknown feed-forward {ffn!r}; choose one of {', '.join(FFNS)} or none")
+            raise ConfigError(
+                f"model.layers: unknown feed-forward {ffn!r}; choose one of {', '.join(FFNS)} or none"
+            )
         if mixer == "none" and ffn == "none":
             raise ConfigError(f"model.layers: {item!r} has neither a mixer nor a feed-forward")
         count = int(m["count"] or 1)
@@ -161,7 +165,8 @@ def needs_adapt(spec: LayerSpec, default_ffn: str) -> tuple[bool, bool]:
     """(mixer, ffn) of this layer read LFM's adapt input from the context."""
     ffn = spec.ffn or default_ffn
     ffn_reads = ffn == "adaptive" or (
-        ffn == "moe" and (spec.ffn_options.get("expert") == "adaptive" or spec.ffn_options.get("gate") == "sequence")
+        ffn == "moe"
+        and (spec.ffn_options.get("expert") == "adaptive" or spec.ffn_options.get("gate") == "sequence")
     )
     return spec.mixer in NEEDS_ADAPT, ffn_reads
 
@@ -169,9 +174,13 @@ def needs_adapt(spec: LayerSpec, default_ffn: str) -> tuple[bool, bool]:
 def _build_block(cfg: StackConfig, i: int, spec: LayerSpec) -> Block:
     mixer_adapt, ffn_adapt = needs_adapt(spec, cfg.ffn)
     if mixer_adapt:
-        spec = LayerSpec(spec.mixer, {"adapt_dim": cfg.adapt_dim, **spec.mixer_options}, spec.ffn, spec.ffn_options)
+        spec = LayerSpec(
+            spec.mixer, {"adapt_dim": cfg.adapt_dim, **spec.mixer_options}, spec.ffn, spec.ffn_options
+        )
     if ffn_adapt:
-        spec = LayerSpec(spec.mixer, spec.mixer_options, spec.ffn, {"adapt_dim": cfg.adapt_dim, **spec.ffn_options})
+        spec = LayerSpec(
+            spec.mixer, spec.mixer_options, spec.ffn, {"adapt_dim": cfg.adapt_dim, **spec.ffn_options}
+        )
     mixer = None
     if spec.mixer != "none":
         try:

@@ -150,7 +150,9 @@ def test_save_load_round_trip_gives_identical_outputs(name, tmp_path):
     missing, unexpected = load_model(fresh, str(path))
     assert not missing and not unexpected
     with torch.no_grad():
-        torch.testing.assert_close(fresh(batch["inputs"]).logits, model(batch["inputs"]).logits, rtol=0, atol=0)
+        torch.testing.assert_close(
+            fresh(batch["inputs"]).logits, model(batch["inputs"]).logits, rtol=0, atol=0
+        )
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -30,7 +30,10 @@ def _sub(key: str, rules) -> str:
 
 
 # One rule list per model: old key -> today's key.
-BLOCK_RULES = [(r"^blocks\.(\d+)\.attn\.", r"blocks.\1.mixer."), (r"^blocks\.(\d+)\.mlp\.", r"blocks.\1.ffn.")]
+BLOCK_RULES = [
+    (r"^blocks\.(\d+)\.attn\.", r"blocks.\1.mixer."),
+    (r"^blocks\.(\d+)\.mlp\.", r"blocks.\1.ffn."),
+]
 
 
 def _lfm_key(key: str) -> str | None:

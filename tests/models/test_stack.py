@@ -84,7 +84,9 @@ def _assert_cached_equals_recomputed(model, ids):
 
 def test_recurrent_leap_state_beside_attention_kv_caches_decodes_like_recompute():
     torch.manual_seed(1)
-    model = build_model("stack", "tiny", vocab_size=VOCAB, layers="leap(window=4), attention, fastformer, leap").eval()
+    model = build_model(
+        "stack", "tiny", vocab_size=VOCAB, layers="leap(window=4), attention, fastformer, leap"
+    ).eval()
     ids = torch.randint(0, VOCAB, (3, 20))
     _assert_cached_equals_recomputed(model, ids)
     cached = generate(model, ids[:, :5], 12, temperature=0)
