@@ -2,7 +2,8 @@
 
 results.json: {"environment", "settings", "cases", "comparisons"}; results.md: the same
 numbers as two tables (one row per case; one row per seqlab/peer pair), headed by the
-device, dtypes, torch version, commit, date and the exact command line.
+device, dtypes, torch version, commit, date and the exact command line. A decode context
+past a model's fixed context reads "n/a (max_seq_len N)" (its JSON row has "status": "n/a").
 
 Comparison ratios are oriented so that > 1 means seqlab is better: tokens/s and MFU are
 seqlab / peer, memory and decode latency are peer / seqlab; the loss difference is
@@ -109,6 +110,14 @@ def _percent(fraction: float) -> str:
     return f"{100 * fraction:.1f}%" if fraction >= 0.01 else f"{100 * fraction:.2g}%"
 
 
+def _decode_cell(d: dict[str, Any]) -> str:
+    """ms/token of one decode row; "n/a (reason)" for a context the model cannot hold."""
+    if d.get("status") == "n/a":
+        return f"n/a ({d['reason']})"
+    cell = _num(d.get("ms_per_token"), ".2f")
+    return cell + ("" if d.get("mode", "kv-cache") == "kv-cache" else " (no cache)")
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [
         "| " + " | ".join(header) + " |",
@@ -158,11 +167,7 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{t['tokens_per_s']:,.0f}" + ("*" if t["throughput_source"] != "steady" else ""),
                 _percent(r["mfu"]),
                 _num(mem / 2**20 if mem is not None else None, ".1f"),
-                *(
-                    _num(decode.get(c, {}).get("ms_per_token"), ".2f")
-                    + ("" if decode.get(c, {}).get("mode", "kv-cache") == "kv-cache" else " (no cache)")
-                    for c in contexts
-                ),
+                *(_decode_cell(decode.get(c, {})) for c in contexts),
                 "ok" if t["stopped"] == "finished" else f"ok ({t['stopped']} at step {t['steps']})",
             ]
         )

@@ -13,7 +13,10 @@ For each case, in order:
    MFU = FLOPs per step x steps/s / measured matmul peak of the dtype (see peak.py).
 4. decode latency per token at each context length: prefill a random prompt of that length,
    then time single-token decode steps (cached when the model can decode (`can_decode`), else full
-   recomputation), median over repeats after one warmup.
+   recomputation), median over repeats after one warmup. A model with a fixed context
+   (`max_positions`: learned positions, LFM's token mixing) is timed only at the contexts it
+   holds (context + decode steps <= max_positions); the others are recorded as
+   {"context", "status": "n/a", "reason": "max_seq_len N"}, never timed on a cropped prefix.
 """
 
 import contextlib
@@ -105,6 +108,19 @@ def case_config(case: Case, settings: BenchSettings, run_dir: Path) -> RunConfig
 def _decodes(model: torch.nn.Module) -> bool:
     """Whether the model decodes incrementally with a cache (the models' `can_decode`)."""
     return bool(getattr(model, "can_decode", False))
+
+
+def decode_limit(model: torch.nn.Module) -> int | None:
+    """Longest sequence the model can read (the models' `max_positions`), None if unbounded."""
+    return getattr(model, "max_positions", None)
+
+
+def decode_unsupported(context: int, steps: int, limit: int | None) -> dict[str, Any] | None:
+    """The decode row of a context the model cannot hold (prompt + generated tokens past its
+    fixed context), or None when it can be timed."""
+    if limit is None or context + steps <= limit:
+        return None
+    return {"context": context, "status": "n/a", "reason": f"max_seq_len {limit}"}
 
 
 def _sync(device: torch.device) -> None:
@@ -306,7 +322,12 @@ def run_case(ctx: CaseContext, settings: BenchSettings) -> dict[str, Any]:
     model, model_cfg = build_model_for_task(ctx.cfg, ctx.task)
     model.to(ctx.device)
     out["decode"] = []
+    limit = decode_limit(model)
     for context in settings.decode_contexts:
+        unsupported = decode_unsupported(context, settings.decode_steps, limit)
+        if unsupported is not None:
+            out["decode"].append(unsupported)
+            continue
         try:
             out["decode"].append(
                 decode_latency(

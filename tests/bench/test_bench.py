@@ -280,3 +280,32 @@ def test_a_peer_case_with_an_override_the_peer_lacks_is_skipped(text_file, tmp_p
     )
     (case,) = report["cases"]
     assert case["status"] == "skipped" and "window" in case["reason"]
+
+
+def test_a_model_with_a_fixed_context_gets_na_past_it_and_the_command_exits_0(text_file, tmp_path, capsys):
+    # lfm tiny reads at most 32 positions: context 8 (+ 2 steps) is timed, context 64 cannot be.
+    out = tmp_path / "fixed"
+    code = main(
+        ["bench", "--model", "lfm", "--preset", "tiny", "--dtypes", "float32", "--data", str(text_file)]
+        + [
+            "--max-iters",
+            "4",
+            "--no-peer",
+            "--no-progress",
+            "--decode-contexts",
+            "8,64",
+            "--decode-steps",
+            "2",
+        ]
+        + ["--out", str(out), "--set", *FAST]
+    )
+    assert code == 0
+    (case,) = json.loads((out / "results.json").read_text())["cases"]
+    assert case["status"] == "ok", case["reason"]
+    short, long = case["decode"]
+    assert short["context"] == 8 and _positive(short["ms_per_token"]) and "status" not in short
+    assert long == {"context": 64, "status": "n/a", "reason": "max_seq_len 32"}
+    (row,) = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("| lfm-")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[-2] == "n/a (max_seq_len 32)" and float(cells[-3]) > 0
+    capsys.readouterr()
