@@ -20,6 +20,13 @@ generate hands it back on every step, and `prepare_inputs_for_generation` feeds 
 tokens the state has not consumed yet: the prompt once, then one token per step, O(1) per
 token whatever the context.
 
+Training with `transformers.Trainer` (needs accelerate): the loss honours Trainer's
+`num_items_in_batch` (summed token loss / labelled tokens of the accumulated batch), so
+gradient_accumulation_steps k x batch b gives the loss and gradients of batch k*b, as GPT-2
+does. The core `seqlab.models.leap.LeapForCausalLM` trains under Trainer too (its ModelOutput
+reads like HF's: `out[0]` is the loss), but Trainer then divides each micro-batch's mean loss by
+k, exact only when every micro-batch has the same number of labelled tokens.
+
 Departures from the seed: the output projection, the mask handling and the numerics of the
 core model (see seqlab.models.leap); no attentions or hidden states are returned (use the core
 model's `return_maps=True` for the explainability maps).
@@ -28,6 +35,7 @@ Shapes: input_ids [b, t] -> logits [b, t, v].
 """
 
 import torch
+import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
@@ -120,6 +128,25 @@ class LeapHFConfig(PreTrainedConfig):
             **extras,
             **kwargs,
         )
+
+
+def summed_lm_loss(
+    logits: torch.Tensor, labels: torch.LongTensor, attention_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Sum over tokens of the core's label loss (labels shifted, pads and -100 ignored), fp32.
+
+    Trainer counts num_items_in_batch as labels[:, 1:] != -100, which ignores attention_mask:
+    label pads -100 (as DataCollatorForLanguageModeling does) for the two to agree.
+    """
+    shifted = labels[:, 1:]
+    if attention_mask is not None:
+        shifted = shifted.masked_fill(attention_mask[:, 1:] == 0, -100)
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+        shifted.reshape(-1).to(logits.device),
+        ignore_index=-100,
+        reduction="sum",
+    )
 
 
 class LeapHFCache(Cache):
@@ -257,6 +284,9 @@ class LeapHFForCausalLM(PreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> CausalLMOutputWithPast | tuple:
         """labels: aligned with input_ids, shifted inside (pads and -100 ignored, never modified).
+        The loss is their mean token cross-entropy, or, when `num_items_in_batch` is given (as
+        Trainer does), their summed cross-entropy divided by it, so that gradient accumulation
+        gives the loss and gradients of the whole batch (as Hugging Face's own models do).
 
         With a cache (or use_cache=True, which starts one) the tokens run through the
         recurrent form and advance the cache; attention_mask then covers only input_ids.
@@ -275,12 +305,19 @@ class LeapHFForCausalLM(PreTrainedModel, GenerationMixin):
             )
         if cache is None and use_cache:
             cache = LeapHFCache(self.model.make_cache(input_ids.shape[0]))
+        # Trainer passes num_items_in_batch (the labelled tokens of the whole accumulated batch)
+        # because forward takes **kwargs, and then stops dividing the loss by the accumulation
+        # steps: the loss must be the token sum divided by it, or it is gradient_accumulation_steps
+        # times too large.
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         out = self.model(
             input_ids,
             attention_mask=attention_mask,
-            labels=labels,
+            labels=labels if num_items_in_batch is None else None,
             cache=cache.state if cache is not None else None,
         )
+        if labels is not None and num_items_in_batch is not None:
+            out.loss = summed_lm_loss(out.logits, labels, attention_mask) / num_items_in_batch
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if not return_dict:
             return tuple(v for v in (out.loss, out.logits, cache) if v is not None)
