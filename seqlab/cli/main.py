@@ -55,10 +55,15 @@ def cmd_train(args) -> int:
                 f"--resume continues the saved run as it was configured; drop {fixed or args.config} "
                 f"(what may change: train.max_iters, --max-time and other train.* settings)"
             )
-        cfg = resume_config(args.resume, overrides)
+        cfg = resume_config(args.resume, overrides, args.checkpoint or "latest")
     else:
+        if args.checkpoint:
+            raise ConfigError(
+                f"--checkpoint {args.checkpoint} picks the checkpoint to resume from; use it with "
+                "--resume RUN_DIR"
+            )
         cfg = load_run_config(args.config or [], overrides)
-    train(cfg, resume=args.resume)
+    train(cfg, resume=args.resume, checkpoint=args.checkpoint or "latest")
     return 0
 
 
@@ -180,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--run-dir", help="where to write the run (default runs/<model>-<preset>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue this run exactly where it stopped")
+    t.add_argument(
+        "--checkpoint",
+        help="with --resume: continue from this checkpoint: latest (default) | best | step_N",
+    )
     t.add_argument(
         "--set", nargs="+", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=3e-4 model.dim=64"
     )

@@ -21,6 +21,7 @@ differs; it is refused with a one-line error (open_checkpoint) instead of failin
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -119,8 +120,8 @@ def find_checkpoint(path: str | Path, which: str = "latest") -> Path:
     """Resolve a run directory, a checkpoints/ folder or a step folder to one checkpoint folder.
 
     which: "latest", "best" (the latest when no evaluation has saved a best yet) or the name
-    of a step folder ("step_0000500"); anything else, or a pointer to a missing folder, is an
-    error that lists the checkpoints there are.
+    of a step folder ("step_0000500", or step_500 for short); anything else, or a pointer to a
+    missing folder, is an error that lists the checkpoints there are.
     """
     path = Path(path)
     if not path.exists():
@@ -145,6 +146,11 @@ def find_checkpoint(path: str | Path, which: str = "latest") -> Path:
         return root / name
     if which in steps:
         return root / which
+    match = re.fullmatch(r"step_?(\d+)", which)
+    if match:  # step_500 for step_0000500
+        name = f"step_{int(match.group(1)):07d}"
+        if name in steps:
+            return root / name
     raise CheckpointError(f"no checkpoint {which!r} in {str(path)!r}; {there}")
 
 

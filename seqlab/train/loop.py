@@ -18,6 +18,9 @@ interrupted and resumed run produces the same losses as an uninterrupted one. A 
 stops the run before any checkpoint is written, so the last good checkpoint stays intact.
 Ctrl-C, SIGTERM and --max-time save a checkpoint before stopping; with several processes the
 stop is agreed at a step boundary, so every process stops after the same step.
+
+One run per directory: rank 0 holds RUN_DIR/.lock (runs.lock_run) from before the checkpoint
+is read until the run ends in any way, so two processes never interleave a run's files.
 """
 
 import contextlib
@@ -43,7 +46,14 @@ from seqlab.train.callbacks import Callback, build_callbacks
 from seqlab.train.config import RunConfig, resolved_dict
 from seqlab.train.metrics import MetricsLog, plot_loss_curve
 from seqlab.train.optim import lr_at, make_optimizer
-from seqlab.train.runs import build_model_for_task, build_task, read_task_state, task_file
+from seqlab.train.runs import (
+    build_model_for_task,
+    build_task,
+    is_locked,
+    lock_run,
+    read_task_state,
+    task_file,
+)
 
 
 @dataclass
@@ -65,7 +75,7 @@ def default_run_dir(cfg: RunConfig) -> Path:
     """runs/<model>-<preset>, or the first free runs/<model>-<preset>-N: never over an earlier run."""
     base = Path("runs") / f"{cfg.model.get('name', 'gpt')}-{cfg.model.get('preset', 'tiny')}"
     path, n = base, 1
-    while _holds_a_run(path):
+    while _holds_a_run(path) or is_locked(path):
         n += 1
         path = base.with_name(f"{base.name}-{n}")
     return path
@@ -121,20 +131,37 @@ class _StopRequest:
 
 
 def train(
-    cfg: RunConfig, resume: str | Path | None = None, callbacks: list[Callback] | None = None
+    cfg: RunConfig,
+    resume: str | Path | None = None,
+    callbacks: list[Callback] | None = None,
+    checkpoint: str = "latest",
 ) -> TrainResult:
     """Train per `cfg`; with `resume` (a run directory), continue exactly where it stopped.
 
     When resuming, `cfg` should be `runs.resume_config(run_dir)` (the saved config, optionally
     with overrides such as a longer max_iters); a model that does not match the checkpoint is an
-    error. `callbacks`: Callback objects made in Python, beside those the config and the model's
-    registry entry name (seqlab.train.callbacks).
+    error. `checkpoint`: which one to resume from (latest | best | a step folder such as
+    step_0000500 or step_500); the run then continues from that step, and what was logged after
+    it is dropped. `callbacks`: Callback objects made in Python, beside those the config and the
+    model's registry entry name (seqlab.train.callbacks).
+
+    Rank 0 holds the run directory's lock (runs.lock_run) for the whole run: a second process
+    training into it, or resuming it, gets a CheckpointError naming the holder's pid.
     """
+    if resume is None and checkpoint != "latest":
+        raise ConfigError(
+            f"checkpoint={checkpoint!r} picks the checkpoint to resume from; it needs --resume RUN_DIR"
+        )
     info, device = distributed.setup(cfg.train.device)
     try:
         # A process that goes silent ends the others' wait with one line naming its rank.
         with distributed.guard(info):
-            return _train(cfg, resume, list(callbacks or []), info, device)
+            if resume is not None:
+                run_dir = Path(resume)
+            else:
+                run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+            with lock_run(run_dir) if info.is_main else contextlib.nullcontext():
+                return _train(cfg, resume, checkpoint, run_dir, list(callbacks or []), info, device)
     finally:
         distributed.teardown()
 
@@ -160,16 +187,15 @@ def _agreed_flags(flags: list[bool], info, device) -> list[bool]:
     return [v > 0 for v in agreed.tolist()]
 
 
-def _train(cfg: RunConfig, resume, extra_callbacks, info, device) -> TrainResult:
+def _train(cfg: RunConfig, resume, checkpoint, run_dir: Path, extra_callbacks, info, device) -> TrainResult:
     t = cfg.train
     state, task_state = None, None
     if resume is not None:
-        run_dir = Path(resume)
-        ckpt_dir, ckpt_meta = ckpt.open_checkpoint(run_dir, "latest")
+        # Read under the lock: no other process is writing a checkpoint now.
+        ckpt_dir, ckpt_meta = ckpt.open_checkpoint(run_dir, checkpoint)
         state = ckpt.load_trainer_state(ckpt_dir, ckpt_meta)
         task_state = read_task_state(run_dir, cfg.task)
     else:
-        run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
         if _holds_a_run(run_dir):
             raise ConfigError(
                 f"run directory {str(run_dir)!r} already holds a run; continue it with --resume {run_dir}, "

@@ -10,9 +10,16 @@ A run directory holds config.json (the resolved run config), task.json ({"task":
 "state": the task's state_dict()}) and checkpoints/ (seqlab.train.checkpoint). Reopening one
 checks the checkpoint format first, so a run written by an older seqlab is refused with one
 line before anything else is parsed.
+
+One process at a time writes a run directory: `lock_run(run_dir)` holds an exclusive flock on
+RUN_DIR/.lock for the life of the run, with the holder's pid in it. The kernel drops the lock
+when the process ends in any way (an exception, Ctrl-C, SIGKILL), so a stale .lock file never
+blocks a resume; a second process gets a one-line error naming the holder's pid.
 """
 
+import contextlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +116,90 @@ def read_task_state(run_dir: str | Path, task_name: str) -> dict[str, Any]:
     return data["state"]
 
 
+LOCK_NAME = ".lock"
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): runs are not locked there
+    fcntl = None
+
+
+def _lock_holder(path: Path) -> str:
+    try:
+        return path.read_text().strip() or "?"
+    except OSError:
+        return "?"
+
+
+def is_locked(run_dir: str | Path) -> bool:
+    """Whether a live process holds the lock of `run_dir` (a free or missing .lock: False)."""
+    path = Path(run_dir) / LOCK_NAME
+    if fcntl is None or not path.is_file():
+        return False
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
+@contextlib.contextmanager
+def lock_run(run_dir: str | Path):
+    """Hold RUN_DIR/.lock exclusively while the body runs (creating RUN_DIR if needed).
+
+    Raises CheckpointError, naming the holder's pid, when another process holds it. A run
+    directory this call created and nothing else wrote into is removed again on exit, so a
+    run that fails before it starts (a config error) leaves nothing behind.
+    """
+    run_dir = Path(run_dir)
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_NAME
+    if fcntl is None:
+        yield
+        return
+    while True:
+        # "a+": opening must not truncate the pid of a process that holds the lock.
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise CheckpointError(
+                f"run directory {str(run_dir)!r} is in use by another seqlab process (pid "
+                f"{_lock_holder(path)}); wait for it to finish or stop it, or choose another --run-dir"
+            ) from None
+        # The file may have been removed (by a holder cleaning up an empty run directory)
+        # between open and flock: then this lock guards nothing; take the new file's.
+        try:
+            same = os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        f.close()
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+    finally:
+        try:
+            if created and {p.name for p in run_dir.iterdir()} == {LOCK_NAME}:
+                path.unlink()  # still locked: nobody can take this file in between
+                run_dir.rmdir()
+            else:
+                f.seek(0)
+                f.truncate()  # no pid: nobody holds it
+        except OSError:
+            pass
+        finally:
+            f.close()  # releases the flock
+
+
 def _check_run_dir(run_dir: Path, which: str) -> tuple[Path, dict[str, Any]]:
     """(checkpoint folder, meta): the directory is a run and its checkpoint of this format."""
     if not (run_dir / "config.json").is_file():
@@ -119,10 +210,12 @@ def _check_run_dir(run_dir: Path, which: str) -> tuple[Path, dict[str, Any]]:
     return ckpt.open_checkpoint(run_dir, which)
 
 
-def resume_config(run_dir: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """The saved config of a run directory, with dotted overrides (e.g. a longer train.max_iters)."""
+def resume_config(run_dir: str | Path, overrides: list[str] = (), checkpoint: str = "latest") -> RunConfig:
+    """The saved config of a run directory, with dotted overrides (e.g. a longer train.max_iters).
+
+    `checkpoint` (latest | best | a step folder) is checked to exist and be of this format."""
     run_dir = Path(run_dir)
-    _check_run_dir(run_dir, "latest")
+    _check_run_dir(run_dir, checkpoint)
     cfg = load_run_config(overrides=overrides, base=read_run_config(run_dir))
     cfg.run_dir = str(run_dir)
     return cfg
@@ -159,7 +252,9 @@ def load_run(
 __all__ = [
     "build_model_for_task",
     "build_task",
+    "is_locked",
     "load_run",
+    "lock_run",
     "model_config",
     "read_run_config",
     "read_task_state",

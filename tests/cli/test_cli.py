@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from seqlab.cli.main import main
+from seqlab.train.callbacks import Callback
 
 TINY = [
     "--preset",
@@ -97,3 +98,60 @@ def test_models_lists_registry_with_parameter_counts(capsys):
     out = capsys.readouterr().out
     gpt_baby = [line.split() for line in out.splitlines() if line.split()[:2] == ["gpt", "baby"]]
     assert gpt_baby and gpt_baby[0][2] == "0.80M"  # nanoGPT's baby config: ~0.80M params
+
+
+class _StopAt(Callback):
+    """A callback that interrupts training (as Ctrl-C would) after step `at`."""
+
+    name = "stop_at"
+
+    def __init__(self, at):
+        self.at = at
+
+    def on_train_step(self, step, loss, model, optimizer):
+        if step == self.at:
+            raise KeyboardInterrupt
+
+
+def test_resume_from_best_when_latest_is_corrupt(tmp_path, capsys):
+    from seqlab.train import checkpoint as ckpt
+    from seqlab.train import load_run_config, train
+    from seqlab.train.metrics import read_metrics
+
+    def cfg(run):
+        return load_run_config(
+            overrides=[
+                "model.preset=tiny", "train.batch_size=4", "train.max_iters=8", "train.eval_interval=4",
+                "train.eval_iters=2", "train.warmup_iters=1", "train.sample_tokens=0",
+                "train.log_interval=1", "train.progress=false", f"run_dir={run}",
+            ]
+        )  # fmt: skip
+
+    def losses(run):
+        return {r["step"]: r["loss"] for r in read_metrics(run / "metrics.jsonl") if r["split"] == "train"}
+
+    full, run = tmp_path / "full", tmp_path / "run"
+    train(cfg(full))
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(run), callbacks=[_StopAt(6)])  # saves step 6: latest, not best
+    best = ckpt.find_checkpoint(run, "best")
+    assert ckpt.read_meta(best)["step"] in (0, 4) and ckpt.find_checkpoint(run).name == "step_0000006"
+    weights = run / "checkpoints" / "step_0000006" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-16] + bytes(16))
+    capsys.readouterr()
+
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "corrupt" in capsys.readouterr().err
+    assert main(["train", "--checkpoint", "best", "--preset", "tiny"]) == 2
+    assert "use it with --resume RUN_DIR" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--checkpoint", "step_3"]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint 'step_3'" in err and best.name in err and "Traceback" not in err
+
+    assert main(["train", "--resume", str(run), "--checkpoint", "best", "--no-progress"]) == 0
+    assert "finished at step 8" in capsys.readouterr().out
+    # The steps after best ran again: the same computation as the uninterrupted run.
+    assert sorted(losses(run)) == list(range(1, 9))
+    assert losses(run) == losses(full)
+    assert ckpt.find_checkpoint(run).name == "step_0000008"
+    assert not (run / "checkpoints" / "step_0000006").exists()  # pruned after the new save
