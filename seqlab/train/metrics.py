@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from seqlab.train.checkpoint import atomic_write_text
+
 
 def _plain(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
@@ -19,7 +21,7 @@ class MetricsLog:
         if keep_until_step is not None and self.path.exists():
             # On resume, drop what was logged after the checkpoint: those steps run again.
             kept = [r for r in read_metrics(self.path) if r["step"] <= keep_until_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
@@ -30,7 +32,16 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break  # a record cut short by a killed process: the steps after it run again
+            raise
+    return records
 
 
 def plot_loss_curve(metrics_path: Path, png_path: Path, title: str = "") -> None:

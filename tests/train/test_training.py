@@ -323,3 +323,13 @@ def test_a_new_run_never_overwrites_an_earlier_one(tiny_cfg, tmp_path, monkeypat
     first = train(tiny_cfg("run_dir=null"))
     second = train(tiny_cfg("run_dir=null"))
     assert (first.run_dir.name, second.run_dir.name) == ("gpt-tiny", "gpt-tiny-2")
+
+
+def test_metrics_log_survives_a_record_cut_short_by_a_kill(tmp_path):
+    from seqlab.train.metrics import MetricsLog, read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.9}\n{"step": 3, "lo')
+    assert [r["step"] for r in read_metrics(path)] == [1, 2]
+    MetricsLog(path, keep_until_step=1)  # what a resume from step 1 does
+    assert path.read_text() == '{"step": 1, "loss": 2.0}\n'
