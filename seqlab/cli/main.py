@@ -70,8 +70,6 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     import contextlib
 
-    import torch
-
     from seqlab.train.loop import evaluate
     from seqlab.train.runs import load_run
 
@@ -80,7 +78,7 @@ def cmd_eval(args) -> int:
         if args.eval_iters < 1:
             raise ConfigError(f"--eval-iters must be >= 1, got {args.eval_iters}")
         cfg.train.eval_iters = args.eval_iters
-    result = evaluate(model, task, cfg, torch.device(args.device or "cpu"), contextlib.nullcontext)
+    result = evaluate(model, task, cfg, next(model.parameters()).device, contextlib.nullcontext)
     result.update(step=meta.get("step"), checkpoint=args.checkpoint, data=cfg.data.source or "default data")
     print(json.dumps(result, indent=2))
     return 0

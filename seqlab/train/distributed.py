@@ -129,6 +129,42 @@ _heartbeat: _Heartbeat | None = None
 _timeout_s: float = DEFAULT_TIMEOUT_S
 
 
+def available_devices() -> str:
+    """What this machine has, in words, for error messages."""
+    have = ["cpu"]
+    if torch.cuda.is_available():
+        have.append(f"cuda (x{torch.cuda.device_count()})")
+    if torch.backends.mps.is_available():
+        have.append("mps")
+    return ", ".join(have)
+
+
+def resolve_device(
+    pref: str | torch.device = "auto", local_rank: int = 0, key: str = "train.device"
+) -> torch.device:
+    """ "auto" (this process's GPU if there is one, else the CPU) or a device that exists here;
+    anything else is a one-line ConfigError naming the device and what this machine has."""
+    if str(pref) == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(pref)
+    except (RuntimeError, TypeError):
+        raise ConfigError(
+            f"{key}={pref!r} is not a device name; this machine has: {available_devices()}"
+        ) from None
+    present = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
+        "mps": torch.backends.mps.is_available(),
+    }.get(device.type, False)
+    if not present:
+        raise ConfigError(
+            f"{key}={str(pref)!r}: no such device on this machine; it has: {available_devices()} "
+            f"(use cpu or auto)"
+        )
+    return device
+
+
 def setup(device_pref: str = "auto", timeout_s: float | None = None) -> tuple[DistInfo, torch.device]:
     """Read torchrun's environment, start the process group if several processes, pick a device.
 
@@ -140,12 +176,7 @@ def setup(device_pref: str = "auto", timeout_s: float | None = None) -> tuple[Di
         world_size=int(os.environ.get("WORLD_SIZE", 1)),
         local_rank=int(os.environ.get("LOCAL_RANK", 0)),
     )
-    if device_pref == "auto":
-        device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(device_pref)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("train.device asks for CUDA but no GPU is available; use train.device=cpu")
+    device = resolve_device(device_pref, info.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if info.enabled and not dist.is_initialized():

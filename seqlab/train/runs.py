@@ -31,6 +31,7 @@ from seqlab.tasks import TASKS
 from seqlab.tasks.base import AtLeast, Task
 from seqlab.train import checkpoint as ckpt
 from seqlab.train.config import RunConfig, load_run_config, run_config_from_dict
+from seqlab.train.distributed import resolve_device
 
 
 def model_config(cfg: RunConfig, requirements: dict[str, Any] | None = None):
@@ -245,7 +246,7 @@ def load_run(
     task = build_task(cfg, read_task_state(run_dir, cfg.task))
     model, _ = build_model_for_task(cfg, task)
     ckpt.load_weights(model, ckpt_dir, meta)
-    model.to(device).eval()
+    model.to(resolve_device(device, key="--device")).eval()
     return model, task, cfg, meta
 
 

@@ -155,3 +155,38 @@ def test_resume_from_best_when_latest_is_corrupt(tmp_path, capsys):
     assert losses(run) == losses(full)
     assert ckpt.find_checkpoint(run).name == "step_0000008"
     assert not (run / "checkpoints" / "step_0000006").exists()  # pruned after the new save
+
+
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available() or __import__("torch").backends.mps.is_available(),
+    reason="this machine has an accelerator",
+)
+@pytest.mark.parametrize("device", ["cuda", "cuda:3", "mps"])
+def test_a_device_this_machine_lacks_is_one_line_in_train_eval_and_generate(device, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert (
+        main(
+            ["train", "--preset", "tiny", "--max-iters", "2", "--run-dir", str(run), "--no-progress"]
+            + ["--set", "train.eval_interval=2", "train.eval_iters=1", "train.sample_tokens=0"]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    for argv in (
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--max-iters",
+            "1",
+            "--device",
+            device,
+            "--run-dir",
+            str(tmp_path / "x"),
+        ],
+        ["eval", str(run), "--device", device],
+        ["generate", str(run), "--device", device],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "no such device on this machine; it has: cpu" in err
