@@ -1,8 +1,7 @@
 """LEAP ops: focus-weighted window sums and pooling, focus weights and gates, decay positions,
 the recurrent step, the map.
 
-LEAP (Linear Explainable Attention in Parallel, seed 001, mtanghu/LEAP; spec in
-specs/leap.md) replaces softmax attention by per-token focus weights w_t >= 0 and the
+LEAP (Linear Explainable Attention in Parallel, seed 001, mtanghu/LEAP) replaces softmax attention by per-token focus weights w_t >= 0 and the
 focus-weighted averages of keys and values over a window of the last W tokens:
 
     S_t(Z)  = sum_{j = max(0, t-W+1)}^{t} gamma^(t-j) w_j Z_j         Z in {K, V, 1}
@@ -28,7 +27,7 @@ to its own terms and does not grow with t.
 
 Departure from the seed: the seed computed cumsum(wZ)_t - cumsum(wZ)_{t-W} in the input
 dtype; in bf16 at t = 8192 the difference of two prefix sums near 1e4 loses every bit of a
-window sum near 1 (spec "Numerics").
+window sum near 1.
 
 Bidirectional (encoder) form, `causal=False`: the window of token t is the symmetric range
 j in [t - W//2, t + W//2] clipped to the sequence (W tokens for odd W, W + 1 for even W);
@@ -104,7 +103,7 @@ def leap_window_pool(
 ) -> Tensor:
     """Focus-weighted window average of one stream: xbar = S(x) / (S(1) + eps), [b, t, h, d].
 
-    The Fastformer pooling (spec "Fastformer"): w [b, t, h] are its pooling weights alpha,
+    The Fastformer pooling (Wu et al. 2021, causal and windowed): w [b, t, h] are its pooling weights alpha,
     x [b, t, h, d] the pooled stream. Same window, decay and impl semantics as
     `leap_window_sums`, which computes the same average for two streams at once.
     """

@@ -7,7 +7,7 @@ For x [b, t, ...] and a window of W tokens, `window_sum` returns
 
 where gamma = 1 without decay and gamma_h in (0, 1] per head with decay (x is then [b, t, h, f]).
 W = None, or a window that covers the whole sequence, is global. Used by seqlab.ops.leap
-(spec specs/leap.md: window sums, "Numerics", "decay" positions).
+for LEAP's focus sums and its "decay" positions.
 
 Implementations (`impl=`):
 
