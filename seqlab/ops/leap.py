@@ -1,7 +1,8 @@
 """LEAP ops: focus-weighted window sums and pooling, focus weights and gates, decay positions,
 the recurrent step, the map.
 
-LEAP (Linear Explainable Attention in Parallel, seed 001, mtanghu/LEAP) replaces softmax attention by per-token focus weights w_t >= 0 and the
+LEAP (Linear Explainable Attention in Parallel, seed 001, mtanghu/LEAP) replaces softmax
+attention by per-token focus weights w_t >= 0 and the
 focus-weighted averages of keys and values over a window of the last W tokens:
 
     S_t(Z)  = sum_{j = max(0, t-W+1)}^{t} gamma^(t-j) w_j Z_j         Z in {K, V, 1}
