@@ -38,6 +38,7 @@ from seqlab.models.lfm_compat import (
     train_model,
 )
 from seqlab.tasks.forecast import ForecastTask
+from seqlab.train.distributed import resolve_device
 
 
 def run_lfmodel_train(
@@ -76,6 +77,7 @@ def run_lfmodel_train(
         for note in series.notes:
             log(f"{series.name}: {note}")
     torch.manual_seed(seed)
+    device = resolve_device(device, key="--device")
     model = seed_forecaster(h, t.sequence_length, task.num_features).to(device)
     windows = task.windows("train")
     keep = slice(-t.num_samples, None)  # the most recent train windows

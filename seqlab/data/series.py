@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,8 +94,18 @@ def _builtin_table(name: str) -> tuple[list[str], list[list[str | float]]]:
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
+    raw = path.read_bytes()
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise DataError(f"CSV file {str(path)!r} is binary (a NUL byte at offset {nul}), not text")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"CSV file {str(path)!r} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+            "save it as UTF-8 CSV"
+        ) from None
+    rows = [row for row in csv.reader(io.StringIO(text, newline="")) if any(cell.strip() for cell in row)]
     if not rows:
         raise DataError(f"CSV file {str(path)!r} is empty; give it a header row and one value per line")
     first = rows[0]

@@ -148,3 +148,27 @@ def test_nan_loss_is_one_line_and_exit_status_2(workdir, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert err.startswith("lfmodel_train: error: the loss became") and "lower learning_rate" in err
+
+
+def test_binary_or_undecodable_csv_and_a_missing_device_are_one_line(tmp_path, capsys):
+    from seqlab.cli.lfmodel_train import main as lfmodel_main
+
+    binary = tmp_path / "bin.csv"
+    binary.write_bytes(b"a,b\n1,\x00\x01\n")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"a,b\n1,\xe9\n")
+    examples = Path(__file__).resolve().parents[2] / "examples" / "lfm"
+    base = [
+        "--hyperparameters",
+        str(examples / "hyperparameters.json"),
+        "--training",
+        str(examples / "training.json"),
+    ]
+    for extra, message in (
+        (["--data", str(binary)], "is binary"),
+        (["--data", str(latin)], "is not UTF-8 text"),
+        (["--device", "cuda:7"], "no such device"),
+    ):
+        assert lfmodel_main(base + extra + ["--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err
