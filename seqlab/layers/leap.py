@@ -1,10 +1,17 @@
 """LEAP attention mixer (Linear Explainable Attention in Parallel, seed 001: mtanghu/LEAP).
 
     [Q | F | K | V] = x W_qfkv                 one fused projection, split into h heads
-    l_t = F_t . K_t / sqrt(d)  ("elu")   or   Norm(F_t) . Norm(K_t) * rescale / d  ("exp")
-    w_t = elu(l_t) + 1         ("elu")   or   exp(l_t)                              ("exp")
-    Kbar_t, Vbar_t = focus-weighted means of K, V over the window of t (seqlab.ops.leap)
-    a_t = sigmoid(Q_t . Kbar_t / sqrt(d))  (or the rescaled exp form)
+    focus "elu" (default):
+        l_t = F_t . K_t / sqrt(d),   w_t = elu(l_t) + 1
+        Kbar_t, Vbar_t = focus-weighted means of K, V over the window of t (seqlab.ops.leap)
+        a_t = sigmoid(Q_t . Kbar_t / sqrt(d))
+    focus "exp" (the seed README's rescaled dot product, constant c = rescale), as the
+    original's `rescale` releases computed it:
+        Norm(z) = (z - mean(z)) / (std(z) + 1e-5)   over the head dim, UNBIASED std, no params
+        Q, F, K, V <- Norm(Q), Norm(F), Norm(K), Norm(V)   all four, per token, before the sums
+        w_t = exp(F_t . K_t * c / d)                |F_t . K_t| < d, so w_t <= e^c
+        Kbar_t, Vbar_t = focus-weighted means of the NORMED K, V over the window of t
+        a_t = sigmoid(Q_t . Kbar_t * c / d)         (Kbar_t is not normalised again)
     y_t = a_t Vbar_t  ->  merge heads  ->  W_o
 
 Shapes: x [b, t, c] -> [b, t, c], c = h * d. It follows the mixer protocol of
@@ -20,7 +27,8 @@ ctx.attn_mask, softmax attention's) is refused: LEAP has no pairwise scores to a
 Departures from the seed, on purpose: an output projection W_o (the seed had none); pads
 (padding mask 0) get zero focus weight (the seed ignored the mask); window sums are
 accumulated in fp32 without subtracting prefix sums (the seed lost all precision in bf16
-at long t); optional rotary positions on Q, F and K.
+at long t); optional rotary positions on Q, F and K (for "exp", applied after Norm: a rotation
+keeps |Norm(z)|, so the bound on the logit and the relative gate both hold).
 """
 
 import torch
@@ -33,15 +41,15 @@ from seqlab.layers.rotary import apply_rotary
 from seqlab.ops.leap import (
     LeapState,
     alibi_decay,
+    dot_headdim,
     leap_attention_map,
     leap_gate_elu,
-    leap_gate_exp,
     leap_logit_elu,
-    leap_logit_exp,
     leap_recurrent_step,
     leap_state_init,
     leap_state_prefill,
     leap_window_sums,
+    norm_headdim,
 )
 
 FOCUS = ("elu", "exp")
@@ -120,6 +128,11 @@ class MultiheadLeap(nn.Module):
             raise ValueError(f"unknown focus {focus!r}; choose one of {FOCUS}")
         if focus == "exp" and rescale is None:
             raise ValueError("focus='exp' needs a rescale constant (the seed uses rescale=10)")
+        if focus == "exp" and dim // num_heads < 2:
+            raise ValueError(
+                f"focus='exp' normalises each head by its unbiased std, which needs head dim >= 2; "
+                f"got dim {dim} / num_heads {num_heads} = {dim // num_heads}: use fewer heads"
+            )
         if window is not None and window < 1:
             raise ValueError(f"window (window_size) must be >= 1 or None (global), got {window}")
         self.num_heads = num_heads
@@ -138,24 +151,37 @@ class MultiheadLeap(nn.Module):
 
     def _project(self, x: Tensor, rotary: tuple[Tensor, Tensor] | None):
         q, f, k, v = rearrange(self.qfkv(x), "b t (four h d) -> four b t h d", four=4, h=self.num_heads)
+        if self.focus == "exp":
+            # Every stream is normalised per token and head, so the window sums average the
+            # normed K and V (the original's rescale variant), in the parallel and recurrent
+            # forms alike. Norm comes after dropout so that |F . K| < d holds while training.
+            q, f, v = self.dropout(q), self.dropout(f), self.dropout(v)
+            q, f, k, v = (
+                norm_headdim(z.to(state_dtype(z.dtype)), correction=1).to(z.dtype) for z in (q, f, k, v)
+            )
         if rotary is not None:
             # F and K are rotated alike, so the focus F_t . K_t (same position) is unchanged and
             # the gate Q_t . Kbar_t depends only on relative positions: shifting every position
             # by a constant (left padding) changes nothing.
             q, f, k = rotate_heads(q, rotary), rotate_heads(f, rotary), rotate_heads(k, rotary)
+        if self.focus == "exp":
+            return q, f, k, v
         return self.dropout(q), self.dropout(f), k, self.dropout(v)
 
     def _weights(self, f: Tensor, k: Tensor, padding_mask: Tensor | None) -> Tensor:
         if self.focus == "elu":
             w = F.elu(self.dropout(leap_logit_elu(f, k))) + 1
         else:
-            w = torch.exp(self.dropout(leap_logit_exp(f, k, self.rescale)))
+            w = torch.exp(self.dropout(dot_headdim(f, k) * (self.rescale / self.head_dim)))
         if padding_mask is not None:
             w = w * padding_mask.to(w.dtype).unsqueeze(-1)  # pads get zero focus
         return w  # [b, t, h], fp32
 
     def _gate(self, q: Tensor, kbar: Tensor) -> Tensor:
-        return leap_gate_elu(q, kbar) if self.focus == "elu" else leap_gate_exp(q, kbar, self.rescale)
+        if self.focus == "elu":
+            return leap_gate_elu(q, kbar)
+        # q is already normed (_project); Kbar, a mean of normed keys, is not normed again.
+        return torch.sigmoid(dot_headdim(q, kbar) * (self.rescale / self.head_dim)).to(q.dtype)
 
     def forward(self, x: Tensor, ctx: Context | None = None, state: LeapState | None = None) -> Tensor:
         """x [b, t, c] -> [b, t, c]: the parallel form, or with `state` the recurrent one

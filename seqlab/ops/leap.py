@@ -178,14 +178,16 @@ def _check_decay(decay: Tensor | None, num_heads: int) -> None:
         raise ValueError(f"decay values must lie in (0, 1] (e.g. alibi_decay(num_heads)); got {decay}")
 
 
-def norm_headdim(x: Tensor, eps: float = 1e-5) -> Tensor:
+def norm_headdim(x: Tensor, eps: float = 1e-5, correction: int = 0) -> Tensor:
     """(x - mean) / (std + eps) over the head dim, no parameters.
 
-    The std is the population std (correction 0): then |Norm(a)|^2 <= d, so
-    |Norm(a) . Norm(b)| <= d by Cauchy-Schwarz, and d = 1 gives 0 instead of NaN.
+    correction 0 (default, the Fastformer pooling's): the population std; then
+    |Norm(a)|^2 <= d, so |Norm(a) . Norm(b)| <= d by Cauchy-Schwarz, and d = 1 gives 0 instead
+    of NaN. correction 1: the unbiased std (torch.std's default), what the original LEAP's
+    rescaled variant used; |Norm(a)|^2 <= d - 1 < d still, but d = 1 is NaN (callers refuse it).
     """
     mean = x.mean(-1, keepdim=True)
-    std = x.std(-1, correction=0, keepdim=True)
+    std = x.std(-1, correction=correction, keepdim=True)
     return (x - mean) / (std + eps)
 
 

@@ -10,7 +10,7 @@ from einops import rearrange
 from seqlab.layers.block import Block, Context
 from seqlab.layers.fastformer import FastformerAttention, FastformerState
 from seqlab.layers.ffn import make_ffn
-from seqlab.layers.leap import MultiheadLeap
+from seqlab.layers.leap import MultiheadLeap, rotate_heads
 from seqlab.layers.rotary import RotaryEmbedding
 from seqlab.ops.leap import LeapState
 
@@ -56,14 +56,66 @@ def test_leap_recurrent_form_equals_parallel_form(window, focus):
 
 
 @pytest.mark.parametrize("window", [3, None])
-def test_leap_prompt_then_steps_with_rotary_equals_parallel(window):
-    layer = leap(window)
+@pytest.mark.parametrize("focus", FOCUS[:2], ids=FOCUS_IDS[:2])
+def test_leap_prompt_then_steps_with_rotary_equals_parallel(window, focus):
+    layer = leap(window, **focus)
     x = torch.randn(2, 15, 64)
     full = layer(x, rotary_ctx(32, 0, 15))
     state = layer.init_state(2)
     pieces = [layer(x[:, :6], rotary_ctx(32, 0, 6), state)]  # the prompt: one parallel chunk
     pieces.append(step_by_step(layer, x[:, 6:], state, lambda i: rotary_ctx(32, 6 + i, 1)))
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def rescaled_leap_loop(layer: MultiheadLeap, x: torch.Tensor, rotary=None, mask=None) -> torch.Tensor:
+    """The original's `rescale` variant, written out as a float64 loop over t (issue 8):
+    Q, F, K, V each normed per head with the UNBIASED std, the window sums average the normed
+    K and V, rescale / d in the focus logit and in the gate, Kbar not normed again."""
+    x = x.double()
+    b, t, c = x.shape
+    h, d, c_r, window = layer.num_heads, layer.head_dim, layer.rescale, layer.window or t
+    qfkv = x @ layer.qfkv.weight.double().T
+    q, f, k, v = (z.reshape(b, t, h, d) for z in qfkv.split(c, dim=-1))
+
+    def norm(z):  # torch.std's default is the unbiased estimate
+        return (z - z.mean(-1, keepdim=True)) / (z.std(-1, keepdim=True) + 1e-5)
+
+    q, f, k, v = norm(q), norm(f), norm(k), norm(v)
+    if rotary is not None:  # after Norm, as the layer documents
+        q, f, k = (rotate_heads(z, tuple(r.double() for r in rotary)) for z in (q, f, k))
+    w = torch.exp((f * k).sum(-1) * c_r / d)  # [b, t, h]
+    if mask is not None:
+        w = w * mask.double()[:, :, None]
+    y = torch.zeros(b, t, h, d, dtype=torch.float64)
+    for i in range(t):
+        lo = max(0, i - window + 1)
+        wi = w[:, lo : i + 1, :, None]
+        z = wi.sum(1) + layer.eps
+        kbar, vbar = (wi * k[:, lo : i + 1]).sum(1) / z, (wi * v[:, lo : i + 1]).sum(1) / z
+        a = torch.sigmoid((q[:, i] * kbar).sum(-1) * c_r / d)
+        y[:, i] = a[..., None] * vbar
+    return y.reshape(b, t, c) @ layer.proj.weight.double().T + layer.proj.bias.double()
+
+
+@pytest.mark.parametrize("window", [1, 3, None])
+@pytest.mark.parametrize("use_rotary", [False, True], ids=["plain", "rotary"])
+def test_rescaled_leap_is_the_originals_formula(window, use_rotary):
+    # Issue 8: seqlab averaged raw K and V and used the population std (differences 0.9-1.7
+    # against the original's code). Parallel and recurrent forms both follow the loop.
+    layer = leap(window, focus="exp", rescale=10.0)
+    x = torch.randn(2, 13, 64) * 3
+    mask = torch.ones(2, 13)
+    mask[1, :4] = 0  # left padding: pads get no focus
+    ctx = rotary_ctx(32, 0, 13, padding_mask=mask) if use_rotary else Context(padding_mask=mask)
+    expected = rescaled_leap_loop(layer, x, ctx.rotary, mask).float()
+    torch.testing.assert_close(layer(x, ctx), expected, atol=2e-5, rtol=1e-4)
+    state = layer.init_state(2)
+
+    def ctx_for(i):
+        one = mask[:, i : i + 1]
+        return rotary_ctx(32, i, 1, padding_mask=one) if use_rotary else Context(padding_mask=one)
+
+    torch.testing.assert_close(step_by_step(layer, x, state, ctx_for), expected, atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("window", WINDOWS)
@@ -181,6 +233,7 @@ def test_the_seed_argument_names_are_accepted():
         (dict(dim=32, num_heads=2, focus="relu"), "unknown focus"),
         (dict(dim=32, num_heads=2, focus="exp"), "needs a rescale"),
         (dict(dim=32, num_heads=2, window=0), "window"),
+        (dict(dim=4, num_heads=4, focus="exp", rescale=10.0), "head dim >= 2"),
     ],
 )
 def test_leap_bad_arguments_are_clear_errors(kwargs, message):

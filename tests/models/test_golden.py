@@ -6,6 +6,10 @@ golden/record.py). Today's model loads those weights through an explicit rename 
 moved to seqlab.layers.block.Block: `mixer` / `ffn` sublayers) and must give the same numbers
 to fp32 tolerance. Keys today's model has and the recording lacked (saved state introduced
 since, such as the RoPE base or an attention window) keep their initial values.
+
+One case was re-recorded on purpose: `leap_rotary_rescale`, after LEAP's rescaled variant was
+corrected to the original's formula (Q, F, K, V normalized per head with the unbiased std
+before the window sums). Before that fix it, too, matched its pre-refactor recording exactly.
 """
 
 import json
