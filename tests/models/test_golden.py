@@ -86,7 +86,7 @@ def load_case(case: str):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_model_reproduces_its_golden_outputs(case):
+def test_model_reproduces_its_golden_outputs(case, assert_same_greedy):
     meta, tensors = load_case(case)
     name, kwargs = meta["model"], json.loads(meta["overrides"])
     model = build_model(name, "tiny", **kwargs).eval()
@@ -120,11 +120,5 @@ def test_model_reproduces_its_golden_outputs(case):
         expected = tensors["greedy"]
         prompt = tensors["input"][:, :6]
         got = generate(model, prompt, expected.shape[1] - 6, temperature=0)
-        if not torch.equal(got, expected):
-            # Greedy decoding may take the other branch of a near tie on another CPU; anything
-            # else is a regression. Check the first differing step was a tie to fp32 round-off.
-            step = int((got != expected).any(0).nonzero()[0])
-            with torch.no_grad():
-                logits = model(expected[:, :step]).logits[:, -1]
-            top2 = logits.topk(2, dim=-1).values
-            assert (top2[:, 0] - top2[:, 1]).min() < 1e-5, f"greedy continuation differs at {step}"
+        # Recorded on another code path (and maybe CPU): equal but for near ties.
+        assert_same_greedy(model, got, expected)

@@ -91,12 +91,11 @@ def test_recurrent_decoding_equals_parallel_forward(kw):
 
 
 @pytest.mark.parametrize("kw", POSITIONS, ids=IDS)
-def test_cached_greedy_generation_equals_recomputing_the_prefix(kw):
+def test_cached_greedy_generation_equals_recomputing_the_prefix(kw, assert_same_greedy):
     model = make(**kw)
     x = torch.randint(0, 50, (2, 6))
-    assert torch.equal(
-        generate(model, x, 30, temperature=0), generate(model, x, 30, temperature=0, use_cache=False)
-    )
+    cached = generate(model, x, 30, temperature=0)
+    assert_same_greedy(model, cached, generate(model, x, 30, temperature=0, use_cache=False))
 
 
 @pytest.mark.parametrize("kw", POSITIONS, ids=IDS)
@@ -149,12 +148,17 @@ def test_learned_positions_beyond_n_positions_are_a_clear_error():
         model(torch.randint(0, 50, (1, 49)))
 
 
-def test_generation_past_n_positions_with_learned_positions_crops_like_uncached():
+def test_generation_past_n_positions_with_learned_positions_crops_like_uncached(assert_same_greedy):
     model = make()  # n_positions 48, learned
     x = torch.randint(0, 50, (1, 10))
     cached = generate(model, x, 60, temperature=0)
     assert cached.shape == (1, 70)
-    assert torch.equal(cached, generate(model, x, 60, temperature=0, use_cache=False))
+    uncached = generate(model, x, 60, temperature=0, use_cache=False)
+    # Within n_positions = 48 the two paths differ (cache vs recompute): equal but for near ties.
+    assert_same_greedy(model, cached[:, :48], uncached[:, :48])
+    if torch.equal(cached[:, :48], uncached[:, :48]):
+        # Past it both recompute the same cropped prefix: the same computation, exactly equal.
+        assert torch.equal(cached, uncached)
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(fastformer=True)], ids=["leap", "fastformer"])

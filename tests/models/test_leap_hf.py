@@ -128,13 +128,13 @@ def test_from_core_wraps_a_trained_core_model():
 
 
 @pytest.mark.parametrize("position", ["learned", "rotary"])
-def test_greedy_generate_equals_recomputing_the_prefix(position):
+def test_greedy_generate_equals_recomputing_the_prefix(position, assert_same_greedy):
     model = make(position=position)
     prompt = torch.randint(0, 97, (1, 7))
     out = model.generate(prompt, do_sample=False, max_new_tokens=20)
-    torch.testing.assert_close(out, greedy_reference(model.model, prompt, 20), rtol=0, atol=0)
+    assert_same_greedy(model.model, out, greedy_reference(model.model, prompt, 20))
     uncached = model.generate(prompt, do_sample=False, max_new_tokens=20, use_cache=False)
-    torch.testing.assert_close(uncached, out, rtol=0, atol=0)
+    assert_same_greedy(model.model, uncached, out)
 
 
 def test_left_padded_batch_generates_like_single_sequences():
