@@ -143,11 +143,8 @@ class Cache:
         return int(self.extra.get("length", 0))
 
     def layer_states(self):
-        """Every per-layer state, in layer order (a layer may keep a tuple of them)."""
-        for state in self.layers:
-            if state is None:
-                continue
-            yield from state if isinstance(state, tuple) else (state,)
+        """Every per-layer state, in layer order (blocks that keep none are skipped)."""
+        return (state for state in self.layers if state is not None)
 
     def map_batch(self, fn) -> None:
         for state in self.layer_states():

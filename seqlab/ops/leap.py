@@ -51,7 +51,6 @@ __all__ = [
     "alibi_decay",
     "leap_attention_map",
     "leap_gate_elu",
-    "leap_gate_exp",
     "leap_logit_elu",
     "leap_logit_exp",
     "leap_pool_step",
@@ -60,7 +59,6 @@ __all__ = [
     "leap_state_init",
     "leap_state_prefill",
     "leap_weights_elu",
-    "leap_weights_exp",
     "leap_window_pool",
     "leap_window_sums",
 ]
@@ -209,24 +207,15 @@ def leap_weights_elu(f: Tensor, k: Tensor) -> Tensor:
 
 
 def leap_logit_exp(f: Tensor, k: Tensor, rescale: float) -> Tensor:
-    """l = Norm(F) . Norm(K) * rescale / d, |l| <= rescale: [b, t, h], fp32."""
+    """l = Norm(F) . Norm(K) * rescale / d, |l| <= rescale: [b, t, h], fp32 (Norm with the
+    population std). Fastformer's pooling logit; LEAP's rescaled focus normalizes Q, F, K, V
+    with the unbiased std in the layer (seqlab.layers.leap) and takes plain dot products."""
     return dot_headdim(norm_headdim(f), norm_headdim(k)) * (rescale / k.shape[-1])
-
-
-def leap_weights_exp(f: Tensor, k: Tensor, rescale: float) -> Tensor:
-    """Rescaled-exp focus weights w = exp(Norm(F) . Norm(K) * rescale / d) <= e^rescale."""
-    return torch.exp(leap_logit_exp(f, k, rescale))
 
 
 def leap_gate_elu(q: Tensor, kbar: Tensor) -> Tensor:
     """Query gate a = sigmoid((Q . Kbar) / sqrt(d)): [b, t, h] in q's dtype."""
     return torch.sigmoid(dot_headdim(q, kbar) / math.sqrt(q.shape[-1])).to(q.dtype)
-
-
-def leap_gate_exp(q: Tensor, kbar: Tensor, rescale: float) -> Tensor:
-    """Query gate of the exp focus a = sigmoid(Norm(Q) . Kbar * rescale / d), in q's dtype."""
-    logit = dot_headdim(norm_headdim(q), kbar) * (rescale / q.shape[-1])
-    return torch.sigmoid(logit).to(q.dtype)
 
 
 @dataclass

@@ -14,14 +14,12 @@ from seqlab.ops.leap import (
     alibi_decay,
     leap_attention_map,
     leap_gate_elu,
-    leap_gate_exp,
     leap_logit_exp,
     leap_pool_step,
     leap_recurrent_reference,
     leap_recurrent_step,
     leap_state_init,
     leap_weights_elu,
-    leap_weights_exp,
     leap_window_pool,
     leap_window_sums,
 )
@@ -416,14 +414,11 @@ def norm_headdim(x):
     return (x - x.mean(-1, keepdim=True)) / (x.std(-1, correction=0, keepdim=True) + 1e-5)
 
 
-def test_exp_weights_and_gate_formulas():
-    _, k, kbar = make_inputs(2, 6, 3, 8)
-    f, q = torch.randn_like(k), torch.randn_like(k)
-    weights = leap_weights_exp(f, k, rescale=10.0)
+def test_exp_logit_formula():
+    _, k, _ = make_inputs(2, 6, 3, 8)
+    f = torch.randn_like(k)
     logit = (norm_headdim(f) * norm_headdim(k)).sum(-1) * 10.0 / 8
-    torch.testing.assert_close(weights, torch.exp(logit))
-    gate = leap_gate_exp(q, kbar, rescale=10.0)
-    torch.testing.assert_close(gate, torch.sigmoid((norm_headdim(q) * kbar).sum(-1) * 10.0 / 8))
+    torch.testing.assert_close(leap_logit_exp(f, k, rescale=10.0), logit)
 
 
 @pytest.mark.parametrize("d", [1, 2, 8, 64])
@@ -435,12 +430,12 @@ def test_exp_logit_is_bounded_by_rescale(d):
     aligned = torch.cat([f, -f, k], 1), torch.cat([f * 7 + 3, f, k], 1)
     for a, b in ((f, k), aligned):
         logit = leap_logit_exp(a, b, rescale)
-        weights = leap_weights_exp(a, b, rescale)
+        weights = torch.exp(logit)
         assert bool(torch.isfinite(weights).all())
         # |Norm(F) . Norm(K)| <= d: equality for d = 2 or aligned F, K, up to fp32 round-off.
         assert bool((logit.abs() <= rescale * (1 + 1e-6)).all())
         assert bool((weights <= math.exp(rescale) * (1 + 1e-5)).all())
-    assert leap_weights_exp(f, k, rescale).dtype == torch.float32
+    assert leap_logit_exp(f, k, rescale).dtype == torch.float32
 
 
 def test_bad_arguments_raise_clear_errors():
