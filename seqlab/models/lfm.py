@@ -280,8 +280,9 @@ class LFModel(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, ctx, cache.layers[i] if cache is not None else None)
         ctx.adapt = None
-        if seed_call:
-            self.last_aux_losses, self.last_metrics = ctx.aux, ctx.metrics
+        # Only the seed's context-free call keeps its losses (for entropy_regularization_loss);
+        # any other call clears them, so a stale graph is never added again.
+        self.last_aux_losses, self.last_metrics = (ctx.aux, ctx.metrics) if seed_call else ({}, {})
         return self.output(self.norm(x))
 
     def aux_losses(self) -> dict[str, Tensor]:

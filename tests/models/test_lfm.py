@@ -108,7 +108,11 @@ def test_lm_logits_are_causal_and_output_carries_moe_terms(moe):
         assert keys <= set(out.metrics)
     assert all(v.dim() == 0 for v in out.metrics.values())
     torch.testing.assert_close(out.total_loss(), out.loss + sum(out.aux_losses.values()))
-    # Straight from the Context: the registered model leaves nothing on its modules.
+    # Straight from the Context: the registered model leaves nothing on its modules, even
+    # after a seed-style (context-free) call of its backbone kept losses there.
+    model.backbone(model.embed(ids))
+    assert model.backbone.aux_losses()
+    model(ids)
     assert model.backbone.last_aux_losses == {} and model.backbone.aux_losses() == {}
 
 
