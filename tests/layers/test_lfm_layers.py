@@ -238,6 +238,9 @@ def test_top_k_all_experts_equals_dense_and_fast_equals_reference_in_layer():
         results = []
         for impl in ("fast", "reference"):
             moe = make_moe(impl=impl, **kw)
+            # These experts take the fused dense path under impl="fast"; were fused_dense off,
+            # dense "fast" would be the reference loop compared with itself.
+            assert moe.fused_dense
             y = run_moe(moe, x, adapt)[0]
             grads = torch.autograd.grad(y.square().sum(), [x, *moe.parameters()])
             results.append((y, grads))
@@ -380,6 +383,7 @@ def test_fused_dense_experts_follow_weight_changes_without_autograd():
     # Without autograd the fused path keeps its stacked expert weights between calls; a changed
     # parameter (an optimizer step, load_state_dict) must be seen by the next call.
     fast, reference = make_moe(gate="token"), make_moe(gate="token", impl="reference")
+    assert fast.fused_dense and fast.impl == "fast"  # the cached, stacked-weights path
     x = torch.randn(2, 5, 6, dtype=torch.float64)
     adapt = torch.randn(2, 5, 3, dtype=torch.float64)
     with torch.no_grad():
