@@ -31,6 +31,7 @@ from torch import nn
 from seqlab.layers.mixing import ChannelMixing
 from seqlab.layers.mlp import MLP, SwiGLU
 from seqlab.layers.moe import MixtureOfExperts
+from seqlab.layers.registry import build
 
 
 def _mlp(dim: int, *, hidden_dim: int | None = None, dropout: float = 0.0, bias: bool = False) -> nn.Module:
@@ -123,12 +124,7 @@ FFNS: dict[str, Callable[..., nn.Module]] = {
 
 def make_ffn(kind: str, dim: int, **options) -> nn.Module:
     """Build feed-forward `kind` of width dim; raises ValueError naming a wrong kind or option."""
-    if kind not in FFNS:
-        raise ValueError(f"unknown feed-forward {kind!r}; choose one of {', '.join(FFNS)}")
-    try:
-        return FFNS[kind](dim, **options)
-    except TypeError as e:
-        raise ValueError(f"feed-forward {kind!r}: {e}") from None
+    return build(FFNS, "feed-forward", kind, dim, options)
 
 
 __all__ = ["FFNS", "make_ffn"]

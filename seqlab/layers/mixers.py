@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from seqlab.layers.registry import build
+
 
 def _attention(dim, *, num_heads, dropout=0.0, max_seq_len=None, causal=True, window=None, bias=False):
     from seqlab.layers.attention import Attention
@@ -75,12 +77,7 @@ NEEDS_ADAPT = {"token_mixing"}
 
 def make_mixer(kind: str, dim: int, **options) -> nn.Module:
     """Build mixer `kind` of width dim; raises ValueError naming a wrong kind or option."""
-    if kind not in MIXERS:
-        raise ValueError(f"unknown mixer {kind!r}; choose one of {', '.join(MIXERS)}")
-    try:
-        return MIXERS[kind](dim, **options)
-    except TypeError as e:
-        raise ValueError(f"mixer {kind!r}: {e}") from None
+    return build(MIXERS, "mixer", kind, dim, options)
 
 
 __all__ = ["MIXERS", "NEEDS_ADAPT", "make_mixer"]
