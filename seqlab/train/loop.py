@@ -179,14 +179,6 @@ def _run_callbacks(cfg: RunConfig, extra: list[Callback]) -> list[Callback]:
     return callbacks
 
 
-def _agreed_flags(flags: list[bool], info, device) -> list[bool]:
-    """Each flag true on any process, so that every process takes the same decision."""
-    if not info.enabled:
-        return flags
-    agreed = distributed.mean_across(torch.tensor([float(f) for f in flags], device=device), info)
-    return [v > 0 for v in agreed.tolist()]
-
-
 def _train(cfg: RunConfig, resume, checkpoint, run_dir: Path, extra_callbacks, info, device) -> TrainResult:
     t = cfg.train
     state, task_state = None, None
@@ -358,7 +350,14 @@ def _train(cfg: RunConfig, resume, checkpoint, run_dir: Path, extra_callbacks, i
                 (loss / t.grad_accum).backward()
                 step_loss += loss.detach().float() / t.grad_accum
                 step_metrics = metrics
-            running = distributed.mean_across(step_loss, info).item()  # the step's one host sync
+            # The loss and the stop flags (Ctrl-C / SIGTERM, --max-time) travel together: the
+            # step's one host sync and, with several processes, its one collective, so every
+            # process stops after the same step.
+            over_time = t.max_time is not None and time.time() - start_time > t.max_time
+            flags = step_loss.new_tensor([float(stop.requested), float(over_time)])
+            running, interrupted, over_time = distributed.mean_across(
+                torch.cat([step_loss.reshape(1), flags]), info
+            ).tolist()
             if not math.isfinite(running):
                 raise TrainingDiverged(
                     f"training loss became {running} at step {step + 1}; stopped without saving, so "
@@ -398,12 +397,11 @@ def _train(cfg: RunConfig, resume, checkpoint, run_dir: Path, extra_callbacks, i
             for cb in callbacks:
                 report(cb, cb.on_train_step(step, running, model, optimizer))
             bar.update(1)
-            over_time = t.max_time is not None and time.time() - start_time > t.max_time
-            interrupted, over_time = _agreed_flags([stop.requested, over_time], info, device)
-            if interrupted:
+            # One process needs no agreement: a stop asked during this step's callbacks counts.
+            if interrupted > 0 or (not info.enabled and stop.requested):
                 agreed_stop = True
                 raise KeyboardInterrupt
-            if over_time:
+            if over_time > 0:
                 stopped = "max_time"
                 break
     except KeyboardInterrupt:
