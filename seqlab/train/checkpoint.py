@@ -62,11 +62,14 @@ def unique_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out, seen, storages = {}, set(), set()
     for key, value in state.items():
         value = value.detach()
-        view = (value.untyped_storage().data_ptr(), value.storage_offset(), value.shape, value.stride())
+        if value.numel() == 0:  # every empty tensor has data_ptr 0: never an alias
+            out[key] = value.contiguous()
+            continue
+        ptr = value.untyped_storage().data_ptr()
+        view = (ptr, value.storage_offset(), value.shape, value.stride(), value.dtype)
         if view in seen:
             continue  # the same tensor under a second name: load_weights restores the tie
         seen.add(view)
-        ptr = value.untyped_storage().data_ptr()
         value = value.clone() if ptr in storages or not value.is_contiguous() else value
         storages.add(ptr)
         out[key] = value

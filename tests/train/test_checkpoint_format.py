@@ -113,3 +113,12 @@ def test_trainer_state_is_checked_before_it_is_read(tiny_cfg, tmp_path):
         ckpt.load_trainer_state(step, ckpt.read_meta(step))
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         train(resume_config(run), resume=run)
+
+
+def test_unique_tensors_keeps_every_empty_tensor_and_drops_only_aliases():
+    from seqlab.train.checkpoint import unique_tensors
+
+    w = torch.randn(3, 4)
+    out = unique_tensors({"a": w, "tied": w, "e1": torch.empty(0), "e2": torch.zeros(0, 5), "row": w[1]})
+    assert set(out) == {"a", "e1", "e2", "row"}
+    assert out["row"].data_ptr() != w.data_ptr()  # a view sharing storage is stored as its own copy
