@@ -64,3 +64,10 @@ def plot_loss_curve(metrics_path: Path, png_path: Path, title: str = "") -> None
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
+
+
+def losses(run_dir: Path, split: str = "train") -> dict[int, float]:
+    """{step: loss} of one split ("train" or "val") in a run directory's metrics.jsonl."""
+    return {
+        r["step"]: r["loss"] for r in read_metrics(Path(run_dir) / "metrics.jsonl") if r["split"] == split
+    }

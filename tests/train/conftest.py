@@ -1,4 +1,8 @@
-"""Shared helpers for trainer tests: small, fast run configs on real text."""
+"""Shared helpers for trainer tests: small, fast run configs on real text; torchrun."""
+
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -23,3 +27,31 @@ def tiny_cfg(tmp_path):
         return load_run_config(overrides=base + list(overrides))
 
     return make
+
+
+# Two CPU processes under torchrun, one thread each (the machine has 2 cores).
+TORCHRUN = [
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--standalone",
+    "--nproc_per_node=2",
+    "-m",
+    "seqlab",
+]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture
+def torchrun():
+    """torchrun(*seqlab_args): `seqlab ARGS` in 2 processes; fails the test on a non-zero exit."""
+
+    def run(*args):
+        subprocess.run([*TORCHRUN, *args], check=True, env=ENV, timeout=300)
+
+    return run
+
+
+@pytest.fixture
+def seqlab_env():
+    return ENV

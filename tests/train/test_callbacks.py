@@ -12,16 +12,12 @@ from seqlab.models import MODELS, ModelEntry
 from seqlab.train import checkpoint as ckpt
 from seqlab.train import train
 from seqlab.train.callbacks import CALLBACKS, Callback, LossEWMA, build_callbacks
-from seqlab.train.metrics import read_metrics
+from seqlab.train.metrics import losses, read_metrics
 from seqlab.train.runs import load_run, resume_config
 
 
 def _records(run_dir, split):
     return [r for r in read_metrics(run_dir / "metrics.jsonl") if r["split"] == split]
-
-
-def _train_losses(run_dir):
-    return {r["step"]: r["loss"] for r in _records(run_dir, "train")}
 
 
 class StopAt(Callback):
@@ -70,7 +66,7 @@ def test_resumed_run_continues_the_callbacks_bit_for_bit(tiny_cfg, tmp_path):
     assert saved["step"] == 6 and set(saved["callbacks"]) == {"loss_ewma", "stop_at"}  # by name
     assert saved["callbacks"]["loss_ewma"]["steps"] == 6
     resumed = train(resume_config(tmp_path / "cut"), resume=tmp_path / "cut")
-    assert _train_losses(resumed.run_dir) == _train_losses(full.run_dir)  # bitwise equal floats
+    assert losses(resumed.run_dir) == losses(full.run_dir)  # bitwise equal floats
     final = [
         ckpt.load_trainer_state(ckpt.find_checkpoint(r, "latest"))["callbacks"]
         for r in (full.run_dir, resumed.run_dir)

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from seqlab.train.metrics import read_metrics
+from seqlab.train.metrics import losses, read_metrics
 
 SETS = [
     "train.eval_interval=3",
@@ -29,21 +29,8 @@ def _args(max_iters: int, *sets: str) -> list[str]:
             "--set", *SETS, *sets]  # fmt: skip
 
 
-TORCHRUN = [
-    sys.executable,
-    "-m",
-    "torch.distributed.run",
-    "--standalone",
-    "--nproc_per_node=2",
-    "-m",
-    "seqlab",
-]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-RUN = dict(check=True, env=ENV, timeout=300)
-
-
 def _losses(run):
-    return [r["loss"] for r in read_metrics(run / "metrics.jsonl") if r["split"] == "train"]
+    return list(losses(run).values())
 
 
 def _resume(run, max_iters: int) -> list[str]:
@@ -51,12 +38,17 @@ def _resume(run, max_iters: int) -> list[str]:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="gloo process groups need Linux or macOS")
-def test_two_process_ddp_matches_single_process(tmp_path):
+def test_two_process_ddp_matches_single_process(tmp_path, torchrun, seqlab_env):
     # Same global batch (8 rows = 2 processes x 2 micro-batches x 2 rows): only the order of the
     # reductions differs. FSDP's trainer path: test_parallel_trainer.py; parallel.py: test_fsdp.py.
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    subprocess.run([sys.executable, "-m", "seqlab", *_args(6), "--run-dir", str(single)], **RUN)
-    subprocess.run([*TORCHRUN, *_args(6, "train.parallel=ddp"), "--run-dir", str(ddp)], **RUN)
+    subprocess.run(
+        [sys.executable, "-m", "seqlab", *_args(6), "--run-dir", str(single)],
+        check=True,
+        env=seqlab_env,
+        timeout=300,
+    )
+    torchrun(*_args(6, "train.parallel=ddp"), "--run-dir", str(ddp))
     a, b = _losses(single), _losses(ddp)
     assert len(a) == 6
     torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-5, atol=1e-5)
@@ -72,13 +64,13 @@ def test_two_process_ddp_matches_single_process(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="gloo process groups need Linux or macOS")
-def test_two_process_resume_with_dropout_reproduces_the_uninterrupted_run(tmp_path):
+def test_two_process_resume_with_dropout_reproduces_the_uninterrupted_run(tmp_path, torchrun):
     # Every rank's dropout RNG is saved at an evaluation checkpoint, so a resumed DDP run with
     # dropout matches the uninterrupted one.
     full, cut = tmp_path / "full", tmp_path / "cut"
-    subprocess.run([*TORCHRUN, *_args(6, "model.dropout=0.2"), "--run-dir", str(full)], **RUN)
-    subprocess.run([*TORCHRUN, *_args(3, "model.dropout=0.2"), "--run-dir", str(cut)], **RUN)
-    subprocess.run([*TORCHRUN, *_resume(cut, 6)], **RUN)
+    torchrun(*_args(6, "model.dropout=0.2"), "--run-dir", str(full))
+    torchrun(*_args(3, "model.dropout=0.2"), "--run-dir", str(cut))
+    torchrun(*_resume(cut, 6))
     assert len(_losses(full)) == 6
     assert _losses(full) == _losses(cut)
 
@@ -110,13 +102,13 @@ def _free_port() -> int:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGSTOP and gloo need Linux or macOS")
-def test_a_stopped_worker_is_named_and_the_other_exits_within_the_timeout():
+def test_a_stopped_worker_is_named_and_the_other_exits_within_the_timeout(seqlab_env):
     # Two 2-process runs side by side (they mostly wait): in one rank 1 stops itself, in the
     # other rank 0, which also holds the rendezvous store (no torchrun agent here).
     timeout_s = 5
     runs = {}
     for stopper in (1, 0):
-        env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
+        env = {**seqlab_env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
         env.pop("SEQLAB_DIST_TIMEOUT", None)
         runs[stopper] = [
             subprocess.Popen(

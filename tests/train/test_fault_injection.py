@@ -19,7 +19,7 @@ import time
 import pytest
 
 from seqlab.train import checkpoint as ckpt
-from seqlab.train.metrics import read_metrics
+from seqlab.train.metrics import losses
 
 MAX_ITERS = 60
 COMMON = [
@@ -55,10 +55,7 @@ def _temp_folders(run):
 
 
 def _losses(run):
-    records = read_metrics(run / "metrics.jsonl")
-    train = {r["step"]: r["loss"] for r in records if r["split"] == "train"}
-    val = {r["step"]: r["loss"] for r in records if r["split"] == "val"}
-    return train, val
+    return losses(run), losses(run, "val")
 
 
 def _kill_after_progress(proc, run, wait_s, during_write, deadline):

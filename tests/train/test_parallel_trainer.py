@@ -2,7 +2,6 @@
 trains like one process at the same global batch, writes a full checkpoint one process can
 load, and resumes exactly. (DDP's trainer path: test_distributed.py.)"""
 
-import os
 import subprocess
 import sys
 
@@ -10,19 +9,9 @@ import pytest
 import torch
 
 from seqlab.train import checkpoint as ckpt
-from seqlab.train.metrics import read_metrics
+from seqlab.train.metrics import losses
 from seqlab.train.runs import load_run
 
-TORCHRUN = [
-    sys.executable,
-    "-m",
-    "torch.distributed.run",
-    "--standalone",
-    "--nproc_per_node=2",
-    "-m",
-    "seqlab",
-]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 COMMON = [
     "--preset",
     "tiny",
@@ -42,24 +31,20 @@ COMMON = [
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="gloo process groups need Linux or macOS")
 
 
-def _torchrun(*args):
-    subprocess.run([*TORCHRUN, *args], check=True, env=ENV, timeout=300)
-
-
 def _losses(run):
-    return [r["loss"] for r in read_metrics(run / "metrics.jsonl") if r["split"] == "train"]
+    return list(losses(run).values())
 
 
-def test_fsdp_trains_like_one_process_and_resumes_exactly(tmp_path):
+def test_fsdp_trains_like_one_process_and_resumes_exactly(tmp_path, torchrun, seqlab_env):
     single, fsdp, cut = tmp_path / "single", tmp_path / "fsdp", tmp_path / "cut"
     subprocess.run(
         [sys.executable, "-m", "seqlab", "train", "--max-iters", "6", "--run-dir", str(single), *COMMON],
         check=True,
-        env=ENV,
+        env=seqlab_env,
     )
-    _torchrun("train", "--max-iters", "6", "--run-dir", str(fsdp), "--parallel", "fsdp", *COMMON)
-    _torchrun("train", "--max-iters", "3", "--run-dir", str(cut), "--parallel", "fsdp", *COMMON)
-    _torchrun("train", "--resume", str(cut), "--no-progress", "--set", "train.max_iters=6")
+    torchrun("train", "--max-iters", "6", "--run-dir", str(fsdp), "--parallel", "fsdp", *COMMON)
+    torchrun("train", "--max-iters", "3", "--run-dir", str(cut), "--parallel", "fsdp", *COMMON)
+    torchrun("train", "--resume", str(cut), "--no-progress", "--set", "train.max_iters=6")
     a, b = _losses(single), _losses(fsdp)
     assert len(a) == len(b) == 6
     # The same global batch and initial weights; only the reduction order differs.

@@ -13,12 +13,8 @@ from seqlab.models import build_model
 from seqlab.train import checkpoint as ckpt
 from seqlab.train import train
 from seqlab.train.callbacks import Callback
-from seqlab.train.metrics import read_metrics
+from seqlab.train.metrics import losses, read_metrics
 from seqlab.train.runs import load_run, resume_config
-
-
-def _train_losses(run_dir):
-    return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["split"] == "train"}
 
 
 def test_short_run_on_real_text_falls_well_below_unigram_entropy(tiny_cfg):
@@ -62,7 +58,7 @@ def test_interrupted_and_resumed_run_reproduces_the_uninterrupted_losses(tiny_cf
         train(cfg, callbacks=[StopAt(7)])
     assert ckpt.read_meta(ckpt.find_checkpoint(tmp_path / "cut"))["step"] == 7
     resumed = train(resume_config(tmp_path / "cut"), resume=tmp_path / "cut")
-    a, b = _train_losses(full.run_dir), _train_losses(resumed.run_dir)
+    a, b = losses(full.run_dir), losses(resumed.run_dir)
     assert sorted(a) == sorted(b) == list(range(1, 13))
     assert a == b  # bitwise equal floats
     assert resumed.val_loss == full.val_loss
@@ -98,7 +94,7 @@ def test_interrupt_inside_a_step_saves_nothing_and_keeps_the_evaluated_checkpoin
     monkeypatch.setattr(loop, "build_task", real)
     full = train(tiny_cfg(run_dir=tmp_path / "full"))
     resumed = train(resume_config(tmp_path / "mid"), resume=tmp_path / "mid")
-    assert _train_losses(resumed.run_dir) == _train_losses(full.run_dir)
+    assert losses(resumed.run_dir) == losses(full.run_dir)
 
 
 def test_ctrl_c_stops_at_the_next_step_boundary_and_saves(tiny_cfg, tmp_path):
@@ -283,7 +279,7 @@ def test_aux_losses_are_added_and_metrics_logged_without_model_specific_code(tin
     assert train_rec["toy_penalty"] == 50.0
     # The logged training loss is the total: the same model's primary loss + 50 (the penalty has
     # no gradient, so the first step is identical to the plain run's).
-    first_plain = _train_losses(plain.run_dir)[1]
+    first_plain = losses(plain.run_dir)[1]
     assert train_rec["loss"] == pytest.approx(first_plain + 50.0, rel=1e-6)
 
 
@@ -300,16 +296,16 @@ def test_max_time_saves_a_checkpoint_and_the_run_can_resume(tiny_cfg, tmp_path):
 
 def test_bf16_autocast_trains(tiny_cfg, tmp_path):
     result = train(tiny_cfg("train.dtype=bfloat16", run_dir=tmp_path / "bf16"))
-    losses = _train_losses(result.run_dir)
-    assert all(np.isfinite(v) for v in losses.values())
-    assert losses[12] < losses[1]
+    train_losses = losses(result.run_dir)
+    assert all(np.isfinite(v) for v in train_losses.values())
+    assert train_losses[12] < train_losses[1]
 
 
 @pytest.mark.slow
 def test_torch_compile_matches_eager(tiny_cfg, tmp_path):
     eager = train(tiny_cfg(run_dir=tmp_path / "eager"))
     compiled = train(tiny_cfg("train.compile=true", run_dir=tmp_path / "compiled"))
-    a, b = _train_losses(eager.run_dir), _train_losses(compiled.run_dir)
+    a, b = losses(eager.run_dir), losses(compiled.run_dir)
     for k in a:
         assert abs(a[k] - b[k]) < 1e-3 * abs(a[k])
 
