@@ -127,13 +127,14 @@ class DecoderLM(nn.Module):
     def forward(
         self,
         input_ids: Tensor,
-        targets: Tensor | None = None,
         attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
+        targets: Tensor | None = None,
         cache: Cache | None = None,
         return_maps: bool = False,
     ) -> ModelOutput:
-        """targets: seqlab's convention, already shifted ([b, t], -100 ignored). labels: the
+        """Hugging Face's (and the LEAP seed's) argument order: input_ids, attention_mask, labels.
+        targets: seqlab's convention, already shifted ([b, t], -100 ignored). labels: the
         Hugging Face convention, aligned with input_ids and shifted here (pads and -100
         ignored; the caller's tensor is never modified)."""
         check_token_ids(input_ids, self.vocab_size)

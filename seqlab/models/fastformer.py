@@ -18,9 +18,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-from torch import nn
-
 from seqlab.errors import ConfigError
 from seqlab.layers.fastformer import FastformerAttention
 from seqlab.models.decoder import DecoderLM
@@ -32,7 +29,6 @@ from seqlab.models.leap import (
     seed_blocks,
     seed_window_schedule,
 )
-from seqlab.models.output import ModelOutput
 
 POSITIONS = ("learned", "decay", "none")
 
@@ -110,29 +106,7 @@ class FastformerForCausalLM(DecoderLM):
             norm="layernorm",
             norm_bias=True,
         )
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        init_seed_weights(module, self.config.initializer_range)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        targets: torch.Tensor | None = None,
-        cache=None,
-        return_maps: bool = False,
-    ) -> ModelOutput:
-        """LEAP's argument order (input_ids, attention_mask, labels); see LeapForCausalLM."""
-        return super().forward(
-            input_ids,
-            targets=targets,
-            attention_mask=attention_mask,
-            labels=labels,
-            cache=cache,
-            return_maps=return_maps,
-        )
+        self.apply(lambda module: init_seed_weights(module, cfg.initializer_range))
 
 
 __all__ = ["POSITIONS", "PRESETS", "FastformerConfig", "FastformerForCausalLM"]

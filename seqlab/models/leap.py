@@ -30,7 +30,6 @@ import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-import torch
 from torch import nn
 
 from seqlab.errors import ConfigError
@@ -38,7 +37,6 @@ from seqlab.layers.block import Block
 from seqlab.layers.ffn import make_ffn
 from seqlab.layers.leap import MultiheadLeap, head_dim_warning
 from seqlab.models.decoder import DecoderLM
-from seqlab.models.output import ModelOutput
 
 POSITIONS = ("learned", "rotary", "decay", "none")
 
@@ -264,31 +262,7 @@ class LeapForCausalLM(DecoderLM):
             norm="layernorm",
             norm_bias=True,
         )
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        init_seed_weights(module, self.config.initializer_range)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        targets: torch.Tensor | None = None,
-        cache=None,
-        return_maps: bool = False,
-    ) -> ModelOutput:
-        """The seed's argument order (input_ids, attention_mask, labels). labels: the seed's / HF
-        convention, aligned with input_ids and shifted here (pads and -100 ignored; never
-        modified). targets: seqlab's convention, already shifted."""
-        return super().forward(
-            input_ids,
-            targets=targets,
-            attention_mask=attention_mask,
-            labels=labels,
-            cache=cache,
-            return_maps=return_maps,
-        )
+        self.apply(lambda module: init_seed_weights(module, cfg.initializer_range))
 
 
 __all__ = [

@@ -45,7 +45,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from seqlab.errors import ConfigError
 from seqlab.layers.cache import Cache as StateCache
 from seqlab.layers.rotary import RotaryEmbedding
-from seqlab.models.leap import SEED_NAMES
+from seqlab.models.leap import SEED_NAMES, init_seed_weights
 from seqlab.models.leap import LeapConfig as CoreLeapConfig
 from seqlab.models.leap import LeapForCausalLM as CoreLeapForCausalLM
 
@@ -223,7 +223,7 @@ class LeapHFForCausalLM(PreTrainedModel, GenerationMixin):
         # The core's own init (normal(0, initializer_range) for linear and embedding weights, zero
         # biases). initialize_weights() guards torch.nn.init, so weights loaded by from_pretrained
         # are left alone.
-        self.model._init_weights(module)
+        init_seed_weights(module, self.model.config.initializer_range)
         if isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
