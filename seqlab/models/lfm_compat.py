@@ -25,6 +25,7 @@ Shapes: x, y [b, t, f] (t = sequence_length, f = series features).
 """
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,8 +158,8 @@ def train_model(
                 else:
                     mse = F.mse_loss(out.logits.float(), y.float())
                     loss = mse + sum(out.aux_losses.values()) if out.aux_losses else mse
-                value = loss.item()
-                if value != value or abs(value) == float("inf"):
+                value, mse_value = torch.stack([loss.detach(), mse.detach()]).tolist()  # one host sync
+                if not math.isfinite(value):
                     raise TrainingDiverged(
                         f"the loss became {value} at epoch {epoch + 1}, batch {batches + 1}: lower "
                         f"learning_rate (now {learning_rate}) or check the data for NaN/inf values"
@@ -168,7 +169,7 @@ def train_model(
                 if grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                 optimizer.step()
-                total, mse_total, batches = total + value, mse_total + mse.item(), batches + 1
+                total, mse_total, batches = total + value, mse_total + mse_value, batches + 1
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{value:.4f}")
             if batches == 0:
