@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from seqlab.errors import ConfigError, SeqlabError
 
@@ -99,10 +100,13 @@ def cmd_generate(args) -> int:
             ("top_k", args.top_k),
             ("top_p", args.top_p),
             ("seed", args.seed),
+            ("text", args.text),
+            ("beams", args.beams),
         )
         if value is not None
     }
-    print(task.sample(model, **options))
+    # The task may also write files (a PNG of generated grids) into the run directory.
+    print(task.sample(model, run_dir=Path(args.run), **options))
     return 0
 
 
@@ -134,19 +138,27 @@ def cmd_explain(args) -> int:
 
     paths, note = explain_run(
         args.run,
-        args.text,
         args.out,
         checkpoint=args.checkpoint,
+        text=args.text,
         layers=args.layers,
         heads=args.heads,
         style=args.style,
         query=args.query,
         max_tokens=args.max_tokens,
+        cell=args.cell,
     )
     if note:
         print(f"seqlab explain: {note}", file=sys.stderr)
     for path in paths:
         print(path)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from seqlab.train.export import export_run
+
+    print(export_run(args.run, args.to, args.out, checkpoint=args.checkpoint))
     return 0
 
 
@@ -212,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, help="lm: keep the k most likely tokens (default 50)")
     g.add_argument("--top-p", type=float, help="lm: nucleus sampling mass")
     g.add_argument("--seed", type=int, help="lm: sampling seed (default the run's train.seed)")
+    g.add_argument("--text", help="seq2seq: the source to translate, e.g. a word for grapheme-to-phoneme")
+    g.add_argument("--beams", type=int, help="seq2seq: beam width (1 = greedy)")
     g.add_argument("--checkpoint", default="best", help="best | latest | a step folder (step_0000500)")
     g.add_argument("--device")
     g.set_defaults(func=cmd_generate)
@@ -229,17 +243,29 @@ def build_parser() -> argparse.ArgumentParser:
         add_arguments(b)
     b.set_defaults(func=cmd_bench)
 
-    x = sub.add_parser("explain", help="PNG focus maps (attention and gate per layer and head) of a LEAP run")
-    x.add_argument("run", help="run directory of a LEAP model")
-    x.add_argument("--text", required=True, help="the text to explain, e.g. 'ROMEO: hello'")
+    x = sub.add_parser(
+        "explain",
+        help="PNG pictures of what a run's model does: LEAP focus maps, 2D attention neighbourhoods, "
+        "KAN edge functions",
+    )
+    x.add_argument("run", help="run directory")
+    x.add_argument("--text", help="LEAP: the text to explain, e.g. 'ROMEO: hello'")
+    x.add_argument("--cell", type=_index_list, help="heptapod: the query cell ROW,COL (default the centre)")
     x.add_argument("--out", help="output folder (default RUN_DIR/explain)")
     x.add_argument("--layers", type=_index_list, help="comma-separated layer indices (default all)")
     x.add_argument("--heads", type=_index_list, help="comma-separated head indices (default all)")
-    x.add_argument("--style", choices=["lines", "matrix"], default="lines", help="line diagram or heatmap")
+    x.add_argument("--style", choices=["lines", "matrix"], help="LEAP: line diagram (default) or heatmap")
     x.add_argument("--checkpoint", default="best", help="best | latest | a step folder (step_0000500)")
     x.add_argument("--query", type=int, help="highlight this query position (-1 = last token)")
     x.add_argument("--max-tokens", type=int, help="keep the last N tokens (default min(64, max_seq_len))")
     x.set_defaults(func=cmd_explain)
+
+    ex = sub.add_parser("export", help="write a run's checkpoint in another library's format")
+    ex.add_argument("run", help="run directory")
+    ex.add_argument("--to", required=True, choices=["hf"], help="hf: a Hugging Face checkpoint folder")
+    ex.add_argument("out", help="output folder")
+    ex.add_argument("--checkpoint", default="best", help="best | latest | a step folder (step_0000500)")
+    ex.set_defaults(func=cmd_export)
     return p
 
 

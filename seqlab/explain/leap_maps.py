@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from seqlab.errors import ConfigError, DataError
-from seqlab.train.runs import load_run
 
 STYLES = ("lines", "matrix")
 DEFAULT_MAX_TOKENS = 64
@@ -292,25 +291,28 @@ def _shown_text(text: str, limit: int = 90) -> str:
     return shown if len(shown) <= limit else "…" + shown[-(limit - 1) :]
 
 
-def explain_run(
-    run_dir: str | Path,
-    text: str,
-    out_dir: str | Path | None = None,
+def explain_leap(
+    model: torch.nn.Module,
+    task,
+    cfg,
+    run_dir: Path,
+    out_dir: Path | None = None,
     *,
-    checkpoint: str = "best",
+    text: str | None = None,
     layers: Sequence[int] | None = None,
     heads: Sequence[int] | None = None,
     style: str = "lines",
     query: int | None = None,
     max_tokens: int | None = None,
 ) -> tuple[list[Path], str | None]:
-    """Focus maps of a LEAP run's checkpoint on `text`, as PNG under out_dir (default
-    run_dir/explain). Texts longer than max_tokens (default min(64, max_seq_len)) keep their
-    last max_tokens tokens. Returns (paths, note): note says what was cut, or None."""
+    """Focus maps of a loaded LEAP run on `text`, as PNG under out_dir (default run_dir/explain).
+    Texts longer than max_tokens (default min(64, max_seq_len)) keep their last max_tokens
+    tokens. Returns (paths, note): note says what was cut, or None."""
+    check_explainable(model, cfg.model.get("name"))
+    if text is None:
+        raise ConfigError("explain needs the text to explain for a LEAP run: pass --text 'ROMEO: hello'")
     if style not in STYLES:
         raise ConfigError(f"unknown style {style!r}; choose one of: {', '.join(STYLES)}")
-    model, task, cfg, _ = load_run(run_dir, checkpoint, "cpu")
-    check_explainable(model, cfg.model.get("name"))
     max_seq_len = model.max_seq_len
     if max_tokens is None:
         max_tokens = min(DEFAULT_MAX_TOKENS, max_seq_len)
@@ -339,7 +341,7 @@ __all__ = [
     "DEFAULT_MAX_TOKENS",
     "STYLES",
     "check_explainable",
-    "explain_run",
+    "explain_leap",
     "focus_maps",
     "render_focus_maps",
     "token_labels",

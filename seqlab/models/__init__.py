@@ -18,11 +18,17 @@ class ModelEntry:
     config: type
     model: type
     presets: dict = field(default_factory=dict)
-    task: str = "lm"
+    task: str = "lm"  # the task it trains on by default
     description: str = ""
     # Training callbacks this model always trains with (names in seqlab.train.callbacks), on top
     # of those the run config lists; e.g. the autonomic controller for "hybrid".
     callbacks: tuple[str, ...] = ()
+    # Other tasks it can be trained on (e.g. gpt on 2D grids read in raster order).
+    tasks: tuple[str, ...] = ()
+
+    @property
+    def all_tasks(self) -> tuple[str, ...]:
+        return (self.task, *(t for t in self.tasks if t != self.task))
 
 
 MODELS: dict[str, ModelEntry] = {

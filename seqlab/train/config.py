@@ -52,12 +52,23 @@ class DataConfig:
     vocab_size: int | None = None  # BPE vocabulary size (bpe only)
     val_fraction: float = 0.1
     encoding: str = "utf-8"  # text encoding of the corpus files (not used by the byte tokenizer)
+    # Grid data: the size of generated grids (mazes: cells per side, an int, or [gy, gx]) and
+    # of text laid out as grids; null = the data's default.
+    grid: int | list[int] | None = None
 
     def __post_init__(self):
         if self.tokenizer not in TOKENIZER_KINDS:
             raise ConfigError(f"data.tokenizer={self.tokenizer!r} must be one of {TOKENIZER_KINDS}")
         if self.vocab_size is not None and self.vocab_size < 1:
             raise ConfigError(f"data.vocab_size={self.vocab_size} must be >= 1 or null (the tokenizer's)")
+        if self.grid is not None:
+            sides = [self.grid] if isinstance(self.grid, int) else list(self.grid)
+            if not 1 <= len(sides) <= 2 or any(
+                isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sides
+            ):
+                raise ConfigError(
+                    f"data.grid={self.grid!r} must be a positive int (cells per side) or [rows, cols], or null"
+                )
         _number("data", "val_fraction", self.val_fraction, low=0, high=1, low_open=True, high_open=True)
         try:
             "".encode(self.encoding)  # LookupError also for codecs that are not text encodings
@@ -157,10 +168,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     model = dict(cfg.model)
     name = model.pop("name", "gpt")
     preset = model.pop("preset", "tiny")
-    if model_entry(name).task != cfg.task:
+    if cfg.task not in model_entry(name).all_tasks:
+        tasks = model_entry(name).all_tasks
         raise ConfigError(
-            f"model {name!r} is made for task {model_entry(name).task!r}, not {cfg.task!r}; pick a "
-            f"{cfg.task!r} model (see `seqlab models`) or set task={model_entry(name).task}"
+            f"model {name!r} is made for task {' or '.join(map(repr, tasks))}, not {cfg.task!r}; pick a "
+            f"{cfg.task!r} model (see `seqlab models`) or set task={tasks[0]}"
         )
     build_config(name, preset, **model)  # unknown keys / wrong types raise here, naming the key
     return cfg
