@@ -67,7 +67,7 @@ class DataConfig:
                 isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sides
             ):
                 raise ConfigError(
-                    f"data.grid={self.grid!r} must be a positive int (cells per side) or [rows, cols], or null"
+                    f"data.grid={self.grid!r} must be a positive int (cells per side), [rows, cols] or null"
                 )
         _number("data", "val_fraction", self.val_fraction, low=0, high=1, low_open=True, high_open=True)
         try:
