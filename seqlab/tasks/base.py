@@ -130,6 +130,13 @@ class Task(abc.ABC):
         """Derived metrics for a mean validation loss (bits per token, perplexity, ...)."""
 
     @abc.abstractmethod
+    def decode_metrics(self, model: torch.nn.Module, split: str, limit: int) -> dict[str, float]:
+        """Metrics that need the model to decode, not just a loss (seq2seq PER/WER greedy and beam,
+        grid exact-match), over the first `limit` examples of `split` (a fixed set, the same at
+        every evaluation); {} for a task that has none. Called by evaluate() after the loss, with
+        limit = train.eval_decode (0 = skip)."""
+
+    @abc.abstractmethod
     def sample(self, model: torch.nn.Module, run_dir: Path | None = None, **options) -> str:
         """A human-readable sample of the model's behaviour (generated text, a forecast table).
 

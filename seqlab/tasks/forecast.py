@@ -314,6 +314,9 @@ class ForecastTask(Task):
         return out
 
     @torch.no_grad()
+    def decode_metrics(self, model, split: str, limit: int) -> dict[str, float]:
+        return {}  # the loss says it all (no decoding metric)
+
     def sample(self, model: nn.Module, run_dir: Path | None = None, **options) -> str:
         """An iterated forecast of the first test points from the context before them, vs the truth.
 

@@ -143,6 +143,9 @@ class CausalLMTask(Task):
     def eval_summary(self, mean_loss: float) -> dict[str, float]:
         return {"bits_per_token": mean_loss / math.log(2), "perplexity": math.exp(min(mean_loss, 50.0))}
 
+    def decode_metrics(self, model, split: str, limit: int) -> dict[str, float]:
+        return {}  # the loss says it all (no decoding metric)
+
     def sample(self, model, run_dir: Path | None = None, **options) -> str:
         """Text generated after a prompt. Options: prompt (default: the task's, see the module
         docstring), max_new_tokens (train.sample_tokens), temperature (0.8; 0 = greedy), top_k

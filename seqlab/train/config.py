@@ -95,6 +95,9 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 disables
     eval_interval: int = 250
     eval_iters: int = 20
+    # Examples decoded at each evaluation for the task's decoding metrics (seq2seq PER/WER,
+    # grid exact-match); 0 = none. Tasks without such metrics ignore it.
+    eval_decode: int = 200
     log_interval: int = 10
     checkpoint_interval: int | None = None  # None = at every evaluation
     max_time: float | None = None  # seconds of training in this invocation; then save and stop
@@ -113,7 +116,7 @@ class TrainConfig:
         for key in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key}={getattr(self, key)} must be >= 1")
-        for key in ("warmup_iters", "sample_tokens", "seed"):
+        for key in ("warmup_iters", "sample_tokens", "seed", "eval_decode"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key}={getattr(self, key)} must be >= 0")
         for key in ("lr_decay_iters", "checkpoint_interval"):

@@ -97,10 +97,13 @@ def evaluate(model, task, cfg: RunConfig, device, autocast) -> dict[str, Any]:
         for k, v in metrics.items():
             if isinstance(v, torch.Tensor) and v.numel() == 1:
                 aux.setdefault(k, []).append(float(v))
-    model.train()
     mean = sum(losses) / len(losses)
     out = {"loss": mean, **task.eval_summary(mean)}
     out.update({k: sum(v) / len(v) for k, v in aux.items()})
+    if t.eval_decode:
+        with torch.no_grad(), autocast():
+            out.update(task.decode_metrics(model, "val", t.eval_decode))
+    model.train()
     return out
 
 

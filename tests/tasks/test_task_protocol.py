@@ -2,6 +2,7 @@
 (here: regress the sum of a vector, no tokens, no context) trains, resumes, evaluates and
 samples through them with no change to seqlab.train."""
 
+import contextlib
 import json
 from dataclasses import dataclass
 
@@ -61,6 +62,12 @@ class SumTask(Task):
     def eval_summary(self, mean_loss):
         return {"rmse": mean_loss**0.5}
 
+    def decode_metrics(self, model, split, limit):
+        # The sign of the prediction, on a fixed set of `limit` examples.
+        x = torch.randn(limit, self.size, generator=torch.Generator().manual_seed(7))
+        right = (model(x).logits.sign() == x.sum(-1, keepdim=True).sign()).float().mean()
+        return {"sign_accuracy": float(right), "decoded": limit}
+
     def sample(self, model, run_dir=None, **options):
         reject_unknown_sample_options(self.name, options, ())
         x = torch.ones(1, self.size)
@@ -117,6 +124,8 @@ def test_a_new_task_trains_resumes_evaluates_and_samples_without_trainer_changes
     result = train(resume_config(run, ["train.max_iters=40"]), resume=run)
     val = [r for r in read_metrics(run / "metrics.jsonl") if r["split"] == "val"]
     assert result.step == 40 and val[-1]["loss"] < val[0]["loss"] and "rmse" in val[-1]
+    # decode_metrics: on train.eval_decode (default 200) examples, at every evaluation.
+    assert val[-1]["decoded"] == 200 and 0 <= val[-1]["sign_accuracy"] <= 1
     train_rows = [r for r in read_metrics(run / "metrics.jsonl") if r["split"] == "train"]
     assert train_rows[-1]["tokens_per_s"] > 0  # counted by the task: 16 per step
     assert (run / "sum_sample.json").is_file() and "sum of ones" in (run / "samples.txt").read_text()
@@ -124,9 +133,30 @@ def test_a_new_task_trains_resumes_evaluates_and_samples_without_trainer_changes
     assert task.scale == 0.5 + 1337 % 3 and isinstance(model, SumModel)
     capsys.readouterr()
     assert main(["eval", str(run), "--checkpoint", "latest"]) == 0
-    assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(val[-1]["loss"], rel=1e-5)
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["loss"] == pytest.approx(val[-1]["loss"], rel=1e-5)
+    assert evaluated["sign_accuracy"] == pytest.approx(val[-1]["sign_accuracy"])
     assert main(["generate", str(run), "--checkpoint", "latest"]) == 0
     assert "sum of ones" in capsys.readouterr().out
+
+
+def test_eval_decode_zero_skips_the_decoding_metrics(sum_task, tmp_path):
+    from seqlab.train.loop import evaluate
+
+    cfg = load_run_config(
+        overrides=[
+            "model.name=sum_mlp",
+            "model.preset=tiny",
+            "train.eval_iters=2",
+            "train.eval_decode=0",
+            f"run_dir={tmp_path}",
+        ]
+    )
+    task = SumTask(3, 1.0)
+    result = evaluate(
+        SumModel(SumConfig(num_inputs=3)), task, cfg, torch.device("cpu"), contextlib.nullcontext
+    )
+    assert "loss" in result and "sign_accuracy" not in result
 
 
 def test_every_method_of_the_protocol_is_required():
