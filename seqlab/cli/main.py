@@ -117,7 +117,8 @@ def cmd_models(args) -> int:
     for name, entry in MODELS.items():
         for preset in entry.presets:
             try:
-                sizes = {"vocab_size": args.vocab_size} if entry.task == "lm" else {}
+                # Token models (lm, seq2seq) are counted at one vocabulary, so rows compare.
+                sizes = {"vocab_size": args.vocab_size} if entry.task in ("lm", "seq2seq") else {}
                 n = f"{count_parameters(build_model(name, preset, **sizes)) / 1e6:.2f}M"
             except ImportError as e:  # an optional peer whose extra is not installed
                 n = "n/a"
@@ -180,8 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", nargs="*", help="JSON or YAML config files, applied in order")
     t.add_argument("--model", help="registered model name (see `seqlab models`)")
     t.add_argument("--preset", help="model preset: tiny | baby | small")
-    t.add_argument("--data", help="text file, folder, or hf:<dataset>; default: embedded corpus")
-    t.add_argument("--task", help="lm | forecast (default: the model's own task)")
+    t.add_argument(
+        "--data",
+        help="text file, folder, or hf:<dataset>; default: embedded corpus. seq2seq (t5, kat5): cmudict "
+        "(default) | copy | reverse | sort | addition, or text with task_options.objective=span_corruption",
+    )
+    t.add_argument("--task", help="lm | forecast | seq2seq | ... (default: the model's own task)")
     t.add_argument("--parallel", choices=["ddp", "fsdp"], help="with torchrun: replicas or FSDP2 shards")
     t.add_argument("--tokenizer", help="char | byte | bpe")
     t.add_argument("--max-iters", type=int)
@@ -214,11 +219,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="a sample of a run's checkpoint: text for lm, a forecast table")
     g.add_argument("run", help="run directory")
-    g.add_argument("--prompt", help='text to continue (lm; default "\\n" if in the vocabulary)')
+    g.add_argument(
+        "--prompt",
+        help='text to continue (lm; default "\\n" if in the vocabulary); grid: a text grid, rows split by '
+        '"/", "?" = a cell to generate',
+    )
     g.add_argument(
         "--max-new-tokens",
         type=int,
-        help="tokens (lm) or forecast steps (default: the run's train.sample_tokens)",
+        help="tokens (lm) or forecast steps (default: the run's train.sample_tokens); grid/grid2grid: "
+        "the number of grids (default 4)",
     )
     g.add_argument("--temperature", type=float, help="lm: 0 = greedy (default 0.8)")
     g.add_argument("--top-k", type=int, help="lm: keep the k most likely tokens (default 50)")

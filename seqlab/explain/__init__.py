@@ -9,6 +9,10 @@ not passed).
 - leap_maps: LEAP's implicit attention A [h, t, t] and gate a [t, h] per layer for one text,
   drawn per layer and head as PNG, either as the pairwise line diagrams of the appendix of
   "Attention Is All You Need" (Vaswani et al. 2017) or as heatmaps.
+- grid_maps: a grid model's (heptapod) 2D attention of one cell (--cell ROW,COL) over the grid,
+  per layer and head, drawn over the task's first validation grid.
+- kan_edges: the learned edge functions (spline + SiLU base) of a model's KANLinear layers
+  (kat5, a stack with kan feed-forwards), the largest edges of each layer chosen by --layers.
 """
 
 import inspect
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from seqlab.errors import ConfigError
+from seqlab.explain import grid_maps, kan_edges
 from seqlab.explain.leap_maps import (
     check_explainable,
     explain_leap,
@@ -30,6 +35,8 @@ from seqlab.train.runs import load_run
 # last, so its one-line "explain needs a LEAP checkpoint" is the answer for a model no
 # explainer takes.
 EXPLAINERS: list[tuple[Callable[[Any], bool], Callable[..., tuple[list[Path], str | None]]]] = [
+    (grid_maps.accepts, grid_maps.explain_grid),
+    (kan_edges.accepts, kan_edges.explain_kan),
     (lambda model: True, explain_leap),
 ]
 

@@ -3,7 +3,9 @@
     q, k, v = x Wq, x Wk, x Wv        (cross=True: k, v = memory Wk, memory Wv)
     y = softmax(q k^T / sqrt(d) + bias, masked) v Wo
 
-x [b, t, c] -> [b, t, c] with c = h * d. One class covers the forms the models need:
+x [b, t, c] -> [b, t, c], h heads of width d = c / h (or `head_dim`, T5's d_kv: the heads
+then span h * d, projected back to c). `scale` replaces 1 / sqrt(d) on the logits (T5: 1.0).
+One class covers the forms the models need:
 
 - causal (decoders) or bidirectional (encoders, masked modeling);
 - a sliding window: causal, each query sees the last `window` keys, itself included;
@@ -57,28 +59,38 @@ class Attention(nn.Module):
         cross: bool = False,
         rotary: bool = True,
         impl: str = "sdpa",
+        head_dim: int | None = None,
+        scale: float | None = None,
     ):
         super().__init__()
-        if num_heads < 1 or dim % num_heads:
+        if num_heads < 1 or (head_dim is None and dim % num_heads):
             raise ValueError(f"attention dim {dim} must be divisible by num_heads {num_heads} (>= 1)")
+        if head_dim is not None and (
+            isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1
+        ):
+            raise ValueError(
+                f"attention head_dim must be an int >= 1 or None (dim // num_heads), got {head_dim!r}"
+            )
         if impl not in IMPLS:
             raise ValueError(f"unknown attention impl {impl!r}; choose one of {IMPLS}")
         _check_window(window)
         if cross and window is not None:
             raise ValueError("cross-attention reads the whole memory: it takes no window (leave window=None)")
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        self.head_dim = head_dim or dim // num_heads
+        inner = num_heads * self.head_dim
+        self.scale = scale
         self.cross = cross
         self.causal = True if cross else causal
         self.use_rotary = rotary and not cross
         self.dropout = dropout
         self.impl = impl
         if cross:
-            self.q = nn.Linear(dim, dim, bias=bias)
-            self.kv = nn.Linear(dim, 2 * dim, bias=bias)
+            self.q = nn.Linear(dim, inner, bias=bias)
+            self.kv = nn.Linear(dim, 2 * inner, bias=bias)
         else:
-            self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
-        self.proj = nn.Linear(dim, dim, bias=bias)
+            self.qkv = nn.Linear(dim, 3 * inner, bias=bias)
+        self.proj = nn.Linear(inner, dim, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
         # The window lives twice: a buffer, so it is saved with the model, and a python int,
         # so the forward never reads a tensor (a host sync on GPU). The post hook re-syncs
@@ -153,6 +165,7 @@ class Attention(nn.Module):
             bias=bias,
             dropout_p=self.dropout if self.training else 0.0,
             impl=self.impl,
+            scale=self.scale,
         )
         if state is not None and self.window is not None:
             state.forget(self.window - 1)  # the next query (at `length`) reaches back window - 1
@@ -172,7 +185,13 @@ class Attention(nn.Module):
         if state is not None:
             state.length += x.shape[1]
         return attention(
-            q, k, v, key_mask=key_mask, dropout_p=self.dropout if self.training else 0.0, impl=self.impl
+            q,
+            k,
+            v,
+            key_mask=key_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            impl=self.impl,
+            scale=self.scale,
         )
 
 

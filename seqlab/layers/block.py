@@ -36,7 +36,9 @@ class Context:
 
     positions: [b, t] or [t] long, absolute position of each token (decoding: offset by the
         tokens already seen). rotary: (cos, sin) for those positions, each [b or 1, 1, t, d],
-        or None. padding_mask: [b, t], 1/True = real token, 0 = pad. attn_bias: additive
+        or None. padding_mask: [b, t], 1/True = real token, 0 = pad. Grid models (x [b, gy, gx,
+        c]): rotary [1, 1, gy*gx, d] over the cells in raster order (seqlab.layers.rotary2d),
+        padding_mask [b, gy, gx]. attn_bias: additive
         [b or 1, h or 1, t, t_k] (T5 relative bias). attn_mask: boolean [b or 1, h or 1, t, t_k],
         True = may attend (2D neighbourhoods). memory / memory_mask: encoder output [b, s, c]
         and its padding mask [b, s] for cross-attention. adapt: LFM's adapt input ([b, a] or

@@ -2,6 +2,7 @@
 
     make_ffn("mlp", dim, hidden_dim=4 * dim)     GELU MLP (GPT-2)
     make_ffn("swiglu", dim, hidden_dim=...)      SwiGLU (Shazeer 2020)
+    make_ffn("gated_gelu", dim, hidden_dim=...)  gated GELU, tanh approximation (T5 v1.1)
     make_ffn("adaptive", dim, adapt_dim=32)      LFM's adaptive MLP (ChannelMixing): its weights
                                                  W + DeltaW(ctx.adapt); options rank, generator
     make_ffn("moe", dim, num_experts=4)          mixture of experts, every expert a feed-forward
@@ -10,6 +11,11 @@
                                                  lambda_entropy, entropy_mode, load_balance_coef,
                                                  z_loss_coef, impl (and rank, generator for
                                                  adaptive experts)
+    make_ffn("kan", dim, hidden_dim=None)        KAN (seqlab.layers.kan.KANFeedForward): one
+                                                 KANLinear c -> c, or c -> hidden_dim -> c;
+                                                 options grid_size, spline_order, grid_range
+                                                 (r or (lo, hi), default 2), scale_spline, basis,
+                                                 impl, reg_coef (aux "kan_reg"; 0 = off)
 
 Every entry follows the feed-forward protocol of seqlab.layers.block: `forward(x, ctx)`,
 x [b, t, c] -> [b, t, c], auxiliary losses and metrics through `ctx.add_aux` /
@@ -28,8 +34,9 @@ from collections.abc import Callable
 
 from torch import nn
 
+from seqlab.layers.kan import KANFeedForward
 from seqlab.layers.mixing import ChannelMixing
-from seqlab.layers.mlp import MLP, SwiGLU
+from seqlab.layers.mlp import MLP, GatedGELU, SwiGLU
 from seqlab.layers.moe import MixtureOfExperts
 from seqlab.layers.registry import build
 
@@ -42,6 +49,12 @@ def _swiglu(
     dim: int, *, hidden_dim: int | None = None, dropout: float = 0.0, bias: bool = False
 ) -> nn.Module:
     return SwiGLU(dim, hidden_dim or 4 * dim, dropout, bias)
+
+
+def _gated_gelu(
+    dim: int, *, hidden_dim: int | None = None, dropout: float = 0.0, bias: bool = False
+) -> nn.Module:
+    return GatedGELU(dim, hidden_dim or 4 * dim, dropout, bias)
 
 
 def _adaptive(
@@ -114,11 +127,48 @@ def _moe(
     )
 
 
+def _kan(
+    dim: int,
+    *,
+    hidden_dim: int | None = None,
+    dropout: float = 0.0,
+    bias: bool = False,
+    grid_size: int = 5,
+    spline_order: int = 3,
+    grid_range: float | tuple[float, float] = 2.0,
+    scale_spline: bool = True,
+    basis: str = "bspline",
+    impl: str = "recompute",
+    reg_coef: float = 0.0,
+    regularize_activation: float = 1.0,
+    regularize_entropy: float = 1.0,
+) -> nn.Module:
+    if bias:
+        raise ValueError("the kan feed-forward has no bias: drop bias=True (a spline can represent a constant)")
+    bounds = (-float(grid_range), float(grid_range)) if isinstance(grid_range, int | float) else grid_range
+    return KANFeedForward(
+        dim,
+        hidden_dim,
+        grid_size=grid_size,
+        spline_order=spline_order,
+        grid_range=tuple(bounds),
+        scale_spline=scale_spline,
+        basis=basis,
+        impl=impl,
+        dropout=dropout,
+        reg_coef=reg_coef,
+        regularize_activation=regularize_activation,
+        regularize_entropy=regularize_entropy,
+    )
+
+
 FFNS: dict[str, Callable[..., nn.Module]] = {
     "mlp": _mlp,
     "swiglu": _swiglu,
+    "gated_gelu": _gated_gelu,
     "adaptive": _adaptive,
     "moe": _moe,
+    "kan": _kan,
 }
 
 

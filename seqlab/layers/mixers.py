@@ -4,6 +4,9 @@
     make_mixer("leap", dim, num_heads=4, window=8)            LEAP linear attention
     make_mixer("fastformer", dim, num_heads=4)                Fastformer additive attention
     make_mixer("token_mixing", dim, num_heads=4, max_seq_len=64, adapt_dim=32)   LFM's
+    make_mixer("local2d", dim, num_heads=4, window=7)       2D neighbourhood attention on grids
+    make_mixer("global2d", dim, num_heads=4)                full 2D attention on grids (2D rotary)
+    make_mixer("hybrid", dim, num_heads=4, window=16)       sliding-window + global attention, gated
 
 Every entry follows the mixer protocol of seqlab.layers.block: `forward(x, ctx, state=None)`
 over x [b, t, c] and `init_state(batch_size, capacity, device, dtype)` for decoding, so
@@ -19,10 +22,32 @@ from torch import nn
 from seqlab.layers.registry import build
 
 
-def _attention(dim, *, num_heads, dropout=0.0, max_seq_len=None, causal=True, window=None, bias=False):
+def _attention(
+    dim,
+    *,
+    num_heads,
+    dropout=0.0,
+    max_seq_len=None,
+    causal=True,
+    window=None,
+    bias=False,
+    head_dim=None,
+    scale=None,
+    rotary=True,
+):
     from seqlab.layers.attention import Attention
 
-    return Attention(dim, num_heads, causal=causal, window=window, dropout=dropout, bias=bias)
+    return Attention(
+        dim,
+        num_heads,
+        causal=causal,
+        window=window,
+        dropout=dropout,
+        bias=bias,
+        head_dim=head_dim,
+        scale=scale,
+        rotary=rotary,
+    )
 
 
 def _leap(
@@ -64,11 +89,34 @@ def _token_mixing(
     )
 
 
+def _hybrid(dim, *, num_heads, dropout=0.0, max_seq_len=None, causal=True, window=16, bias=False):
+    from seqlab.layers.hybrid import HybridAttention
+
+    return HybridAttention(dim, num_heads, window, causal=causal, dropout=dropout, bias=bias)
+
+
+def _local2d(
+    dim, *, num_heads, dropout=0.0, max_seq_len=None, causal=True, window=7, bias=False, impl="tiled"
+):
+    from seqlab.layers.local2d import Local2DAttention
+
+    return Local2DAttention(dim, num_heads, window, causal=causal, dropout=dropout, bias=bias, impl=impl)
+
+
+def _global2d(dim, *, num_heads, dropout=0.0, max_seq_len=None, causal=True, bias=False):
+    from seqlab.layers.local2d import Local2DAttention
+
+    return Local2DAttention(dim, num_heads, None, causal=causal, dropout=dropout, bias=bias)
+
+
 MIXERS: dict[str, Callable[..., nn.Module]] = {
     "attention": _attention,
     "leap": _leap,
     "fastformer": _fastformer,
     "token_mixing": _token_mixing,
+    "local2d": _local2d,  # x [b, gy, gx, c] (a sequence is one row)
+    "global2d": _global2d,
+    "hybrid": _hybrid,
 }
 
 # Mixers that read the adapt input (ctx.adapt) computed by an LFM featurizer.

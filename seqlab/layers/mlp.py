@@ -1,4 +1,5 @@
-"""Feed-forward blocks: GELU MLP (GPT-2) and SwiGLU (Shazeer 2020). x [b, t, c] -> [b, t, c].
+"""Feed-forward blocks: GELU MLP (GPT-2), SwiGLU and gated GELU (Shazeer 2020, "GLU Variants
+Improve Transformer"; T5 v1.1's feed-forward). x [b, t, c] -> [b, t, c].
 
 Both follow the feed-forward protocol of seqlab.layers.block (`forward(x, ctx=None)`); they
 report no auxiliary losses.
@@ -33,6 +34,26 @@ class SwiGLU(nn.Module):
     def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
         gate, value = self.fc(x).chunk(2, dim=-1)
         return self.dropout(self.proj(F.silu(gate) * value))
+
+
+class GatedGELU(nn.Module):
+    """T5 v1.1's feed-forward: proj(dropout(gelu_tanh(x W_gate) * (x W_value))), then dropout.
+
+    gelu_tanh is GELU's tanh approximation (Hugging Face's "gelu_new"). The two input
+    projections are one fused matmul: fc.weight = [W_gate; W_value] (T5's wi_0; wi_1). Dropout
+    sits where T5 puts it: on the hidden product and on the output.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0, bias: bool = False):
+        super().__init__()
+        self.fc = nn.Linear(dim, 2 * hidden_dim, bias=bias)
+        self.proj = nn.Linear(hidden_dim, dim, bias=bias)
+        self.hidden_dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
+        gate, value = self.fc(x).chunk(2, dim=-1)
+        return self.dropout(self.proj(self.hidden_dropout(F.gelu(gate, approximate="tanh") * value)))
 
 
 def make_mlp(kind: str, dim: int, hidden_dim: int, dropout: float = 0.0, bias: bool = False) -> nn.Module:

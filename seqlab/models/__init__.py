@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 
 from seqlab.config import from_dict
 from seqlab.errors import ConfigError
-from seqlab.models import fastformer, gpt, leap, lfm, stack
+from seqlab.models import fastformer, gpt, kat5, leap, lfm, stack, t5
+from seqlab.models import heptapod
+from seqlab.models import autonomic_host
+from seqlab.models import hybrid as hybrid_lm
 from seqlab.models import xtransformers as xt
 from seqlab.models.output import ModelOutput
 
@@ -33,7 +36,12 @@ class ModelEntry:
 
 MODELS: dict[str, ModelEntry] = {
     "gpt": ModelEntry(
-        gpt.GPTConfig, gpt.GPT, gpt.PRESETS, "lm", "baseline pre-norm transformer (RoPE, SDPA, KV cache)"
+        gpt.GPTConfig,
+        gpt.GPT,
+        gpt.PRESETS,
+        "lm",
+        "baseline pre-norm transformer (RoPE, SDPA, KV cache)",
+        tasks=("grid", "grid2grid"),  # 2D grids read in raster order (the baseline of heptapod)
     ),
     "xtransformers": ModelEntry(xt.XTransformersConfig, xt.XTransformersLM, xt.PRESETS, "lm", xt.DESCRIPTION),
     "leap": ModelEntry(
@@ -51,6 +59,38 @@ MODELS: dict[str, ModelEntry] = {
     ),
     "lfm_series": ModelEntry(
         lfm.LFMSeriesConfig, lfm.LFMForecaster, lfm.PRESETS, "forecast", "LFModel next-value forecaster (MSE)"
+    ),
+    "hybrid": ModelEntry(
+        hybrid_lm.HybridConfig,
+        hybrid_lm.HybridLM,
+        hybrid_lm.PRESETS,
+        "lm",
+        "hybrid local+global attention; RoPE base and window for the autonomic controller",
+    ),
+    "autonomic_host": ModelEntry(
+        autonomic_host.AutonomicHostConfig,
+        autonomic_host.AutonomicHost,
+        autonomic_host.PRESETS,
+        "seq2seq",
+        "the autonomic seed's encoder-decoder: t5 with hybrid self-attention and RoPE",
+    ),
+    "t5": ModelEntry(
+        t5.T5Config, t5.T5Model, t5.PRESETS, "seq2seq", "T5 v1.1 encoder-decoder (relative bias, gated GELU)"
+    ),
+    "kat5": ModelEntry(
+        kat5.KAT5Config,
+        kat5.KAT5Model,
+        kat5.PRESETS,
+        "seq2seq",
+        "t5 with KAN feed-forwards, parameter-matched to t5",
+    ),
+    "heptapod": ModelEntry(
+        heptapod.HeptapodConfig,
+        heptapod.HeptapodModel,
+        heptapod.PRESETS,
+        "grid",
+        "2D grid transformer: local 2D attention, 2D rotary, weight-shared iterations",
+        tasks=("grid2grid",),
     ),
     "stack": ModelEntry(
         stack.StackConfig,

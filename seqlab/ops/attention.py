@@ -14,6 +14,9 @@ allows it:
     mask [b|1, h|1, t_q, t_k] True = may attend (2D neighbourhoods, any other structure)
     bias [b|1, h|1, t_q, t_k] added to the scores (T5 relative position bias); keep it finite
 
+`scale` multiplies q k^T in place of 1 / sqrt(d) (None = 1 / sqrt(d)); T5 uses 1.0 because
+its initialization folds the 1 / sqrt(d) into the query weights.
+
 A query that may see no key at all (a left pad before the first real token, an empty source
 sequence) gets output 0 and zero gradients, never NaN: its row is unmasked for the softmax,
 then multiplied by 0.
@@ -63,10 +66,12 @@ def attention_eager(
     allowed: Tensor | None = None,
     bias: Tensor | None = None,
     dropout_p: float = 0.0,
+    scale: float | None = None,
 ) -> Tensor:
-    """The reference: softmax(q k^T / sqrt(d) + bias) v in fp32, keys where `allowed` is
-    False excluded. Every row of `allowed` must allow at least one key."""
-    scores = torch.einsum("bhid,bhjd->bhij", q.float(), k.float()) / math.sqrt(q.shape[-1])
+    """The reference: softmax(scale q k^T + bias) v in fp32 (scale None = 1 / sqrt(d)), keys
+    where `allowed` is False excluded. Every row of `allowed` must allow at least one key."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = torch.einsum("bhid,bhjd->bhij", q.float(), k.float()) * scale
     if bias is not None:
         scores = scores + bias.float()
     if allowed is not None:
@@ -77,14 +82,14 @@ def attention_eager(
     return torch.einsum("bhij,bhjd->bhid", probs, v.float()).to(q.dtype)
 
 
-def _sdpa(q, k, v, allowed, bias, dropout_p, is_causal):
+def _sdpa(q, k, v, allowed, bias, dropout_p, is_causal, scale=None):
     attn_mask = allowed
     if bias is not None:
         attn_mask = bias.to(q.dtype)
         if allowed is not None:
             attn_mask = attn_mask.masked_fill(~allowed, float("-inf"))
     return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal
+        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
     )
 
 
@@ -100,6 +105,7 @@ def attention(
     bias: Tensor | None = None,
     dropout_p: float = 0.0,
     impl: str = "sdpa",
+    scale: float | None = None,
 ) -> Tensor:
     """Attention of q [b, h, t_q, d] over k, v [b, h, t_k, d] under the masks of the module
     docstring; returns [b, h, t_q, d] in q's dtype."""
@@ -138,7 +144,7 @@ def attention(
         # (autocast would cast it back down) while the projections stay in low precision.
         with torch.autocast("cpu", enabled=False):
             if impl == "eager":
-                out = attention_eager(q, k, v, allowed, bias, dropout_p)
+                out = attention_eager(q, k, v, allowed, bias, dropout_p, scale)
             else:
                 out = _sdpa(
                     q.float(),
@@ -148,12 +154,13 @@ def attention(
                     None if bias is None else bias.float(),
                     dropout_p,
                     is_causal,
+                    scale,
                 )
         out = out.to(q.dtype)
     elif impl == "eager":
-        out = attention_eager(q, k, v, allowed, bias, dropout_p)
+        out = attention_eager(q, k, v, allowed, bias, dropout_p, scale)
     else:
-        out = _sdpa(q, k, v, allowed, bias, dropout_p, is_causal)
+        out = _sdpa(q, k, v, allowed, bias, dropout_p, is_causal, scale)
     if visible is not None:
         out = out * visible
     return out

@@ -6,6 +6,8 @@ has no optional methods; the base class gives no-op defaults:
 
     on_train_step(step, loss, model, optimizer) -> dict | None   after optimizer step `step`
     on_eval(step, result, model) -> dict | None                  after the evaluation at `step`
+    on_artifacts(step, run_dir) -> None      after each evaluation, main process only: files
+                                             of its own in the run directory (e.g. a plot)
     state_dict() -> dict                                         saved in every checkpoint
     load_state_dict(state) -> None                               on --resume
 
@@ -41,6 +43,9 @@ class Callback:
 
     def on_eval(self, step: int, result: dict[str, Any], model) -> dict[str, Any] | None:
         return None
+
+    def on_artifacts(self, step: int, run_dir) -> None:
+        pass
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -82,8 +87,23 @@ class LossEWMA(Callback):
         self.value, self.best, self.steps = state["value"], state["best"], state["steps"]
 
 
+def _autonomic(**options) -> Callback:
+    # Imported when used: seqlab.train.autonomic subclasses Callback from this module.
+    from seqlab.train.autonomic import AutonomicCallback
+
+    return AutonomicCallback(**options)
+
+
+def _window_schedule(**options) -> Callback:
+    from seqlab.train.autonomic import WindowSchedule
+
+    return WindowSchedule(**options)
+
+
 CALLBACKS: dict[str, type[Callback]] = {
     "loss_ewma": LossEWMA,
+    "autonomic": _autonomic,  # the autonomic controller: RoPE base and window by the loss
+    "window_schedule": _window_schedule,  # fixed window growth + YaRN-style RoPE rescaling
 }
 
 

@@ -23,7 +23,7 @@ from seqlab.config import dotted_to_nested, from_dict, load_file, merge, to_dict
 from seqlab.data import TOKENIZER_KINDS
 from seqlab.errors import ConfigError
 from seqlab.models import build_config, model_entry
-from seqlab.tasks import TASKS
+from seqlab.tasks import TASKS, resolve_task
 from seqlab.train.callbacks import build_callbacks, normalize
 
 DTYPES = ("float32", "bfloat16")
@@ -111,6 +111,8 @@ class TrainConfig:
     parallel: str = "ddp"  # ddp | fsdp, with several processes (torchrun); ignored with one
     # Callbacks by name (seqlab.train.callbacks.CALLBACKS): {name: {option: value}} or [name, ...].
     callbacks: dict[str, Any] | list[str] = field(default_factory=dict)
+    # Shortcut for train.callbacks.autonomic (the autonomic controller, default options).
+    autonomic: bool = False
 
     def __post_init__(self):
         for key in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval"):
@@ -142,6 +144,8 @@ class TrainConfig:
                     f"train.device={self.device!r} is not a device name; use auto, cpu, cuda, cuda:N or mps"
                 ) from None
         self.callbacks = normalize(self.callbacks)
+        if self.autonomic:
+            self.callbacks.setdefault("autonomic", {})
         build_callbacks(self.callbacks)  # unknown names and bad options fail here, naming the key
 
 
@@ -166,7 +170,9 @@ class RunConfig:
 def validate(cfg: RunConfig) -> RunConfig:
     """Check cross-field constraints and the model section; raise ConfigError naming the key."""
     if cfg.task is None:
-        cfg.task = model_entry(cfg.model.get("name", "gpt")).task
+        # The model's own task, or the one its grid data is made for (mazes: grid2grid).
+        entry = model_entry(cfg.model.get("name", "gpt"))
+        cfg.task = resolve_task(entry.task, entry.all_tasks, cfg.data.source)
     TASKS[cfg.task].parse_options(cfg.task_options)  # unknown keys, wrong types, bad values
     model = dict(cfg.model)
     name = model.pop("name", "gpt")

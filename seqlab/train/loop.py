@@ -314,6 +314,8 @@ def _train(cfg: RunConfig, resume, checkpoint, run_dir: Path, extra_callbacks, i
                 run_dir / "loss_curve.png",
                 f"{model_name} on {cfg.data.source or 'default data'}",
             )
+            for cb in callbacks:
+                cb.on_artifacts(step, run_dir)
         distributed.barrier(info)
         return result
 

@@ -41,6 +41,31 @@ EXAMPLES = {"lm": _lm_example, "forecast": _forecast_example}
 SIZES = {"lm": {"vocab_size": VOCAB}, "forecast": {"num_features": 3}}
 
 
+def _grid_example(cfg, generator):
+    # A non-square grid [b, gy, gx] of token ids; targets: the same grid, a few cells ignored.
+    grid = torch.randint(0, cfg.vocab_size, (B, 5, 7), generator=generator)
+    targets = grid.masked_fill(torch.rand(grid.shape, generator=generator) < 0.3, -100)
+    return {"inputs": grid}, targets
+
+
+EXAMPLES["grid"] = _grid_example
+SIZES["grid"] = {"vocab_size": VOCAB}
+
+
+def _seq2seq_example(cfg, generator):
+    # Source ids [b, s] and targets [b, t] of another length (ids >= 3: no pad, eos or unk),
+    # the last two of one row ignored; decoder_input_ids feed the decoder in pieces when caching.
+    source = torch.randint(3, cfg.vocab_size, (B, T), generator=generator)
+    targets = torch.randint(3, cfg.vocab_size, (B, T - 3), generator=generator)
+    targets[1, -2:] = -100
+    decoder_input_ids = torch.randint(3, cfg.vocab_size, (B, T - 3), generator=generator)
+    return {"inputs": source, "decoder_input_ids": decoder_input_ids}, targets
+
+
+EXAMPLES["seq2seq"] = _seq2seq_example
+SIZES["seq2seq"] = {"vocab_size": VOCAB}
+
+
 def build(name: str, **overrides):
     entry = model_entry(name)
     if entry.task not in EXAMPLES:
@@ -129,13 +154,18 @@ def test_cached_decoding_equals_recomputing(name):
         pytest.skip(f"{name} does not decode incrementally")
     batch, _ = example(name, cfg)
     x = batch["inputs"]
+    call = model
+    if getattr(model, "is_seq2seq", False):
+        # An encoder-decoder encodes its source once; its decoder tokens are fed in pieces.
+        source, x = x, batch["decoder_input_ids"]
+        call = lambda ids, **kwargs: model(source, decoder_input_ids=ids, **kwargs)
     with torch.no_grad():
-        full = model(x).logits
-        cache = model.make_cache(B, T)
+        full = call(x).logits
+        cache = model.make_cache(B, x.shape[1])
         prefill = 5
-        steps = [model(x[:, :prefill], cache=cache).logits]
-        for i in range(prefill, T):
-            steps.append(model(x[:, i : i + 1], cache=cache).logits)
+        steps = [call(x[:, :prefill], cache=cache).logits]
+        for i in range(prefill, x.shape[1]):
+            steps.append(call(x[:, i : i + 1], cache=cache).logits)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-4, atol=1e-5)
 
 
