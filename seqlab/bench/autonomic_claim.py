@@ -12,8 +12,9 @@ nanoGPT's shakespeare_char CPU recipe, --max-iters steps):
     fixed_end   no controller: the values the autonomic run of the same seed ended with, held
                 fixed from step 0 (model.rope_base / model.window set to them)
     schedule    no controller: the window grows linearly from the start window to the context
-                in 4 stages by 3/4 of the budget, with NTK-aware RoPE base and YaRN temperature
-                (the window_schedule callback; modded-nanogpt style)
+                (g2p: 32, the longest cmudict entry) in 4 stages by 3/4 of the budget, with
+                NTK-aware RoPE base and YaRN temperature (the window_schedule callback;
+                modded-nanogpt style)
 
 and one table: final validation loss per arm and seed, mean and standard deviation, and the
 values each arm ended with. Results go to --out (results.json, results.md, the run dirs);
@@ -50,9 +51,11 @@ from seqlab.train.metrics import read_metrics
 from seqlab.train.runs import load_run
 
 TASKS = {
-    # task -> (model, seqlab task name)
-    "lm": ("hybrid", "lm"),
-    "g2p": ("autonomic_host", "seq2seq"),
+    # task -> (model, seqlab task name, the window the schedule grows to: None = the context)
+    "lm": ("hybrid", "lm", None),
+    # cmudict words and pronunciations are at most 32 symbols + eos; the host's max_seq_len
+    # (512) only sizes its caches.
+    "g2p": ("autonomic_host", "seq2seq", 32),
 }
 ARMS = ("autonomic", "fixed_start", "fixed_end", "schedule")
 
@@ -70,7 +73,7 @@ def _end_values(run_dir: Path) -> tuple[float | None, int | None]:
 
 
 def run_claim(args) -> dict:
-    model, task = TASKS[args.task]
+    model, task, schedule_end = TASKS[args.task]
     if model not in MODELS:
         raise ConfigError(
             f"--task {args.task} needs the {model!r} model, which this seqlab does not register"
@@ -105,6 +108,7 @@ def run_claim(args) -> dict:
                 *common,
                 f"train.callbacks.window_schedule.steps={max(1, 3 * args.max_iters // 4)}",
                 "train.callbacks.window_schedule.stages=4",
+                *([f"train.callbacks.window_schedule.end={schedule_end}"] if schedule_end else []),
             ],
         }
         order = ["autonomic", "fixed_start", "fixed_end", "schedule"]

@@ -68,6 +68,9 @@ def flex_impl(g: int, window: int):
         y0, x0 = (qy - r).clamp(0, g - span), (qx - r).clamp(0, g - span)
         return (ky >= y0) & (ky < y0 + span) & (kx >= x0) & (kx < x0 + span)
 
+    # A fresh compile per grid: past torch's recompile limit it would silently run the unfused
+    # eager FlexAttention (a dense O(n^2) computation) instead.
+    torch.compiler.reset()
     block_mask = create_block_mask(neighbourhood, None, None, g * g, g * g, device="cpu")
     compiled = torch.compile(flex_attention)
 
@@ -156,7 +159,11 @@ def bench_grid(g: int, args, flex_state: dict) -> list[dict]:
             with torch.no_grad():
                 fwd[name] = min(fwd[name], timed(lambda fn=fn: fn(q, k, v)))
             if backward_ok[name]:
-                both[name] = min(both[name], timed(fwd_bwd(fn, q, k, v)))
+                try:
+                    both[name] = min(both[name], timed(fwd_bwd(fn, q, k, v)))
+                except Exception as e:  # noqa: BLE001 - e.g. FlexAttention has no CPU backward
+                    rows[name]["error"] = f"backward: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+                    backward_ok[name] = False
     for name, fn in impls.items():
         rows[name]["fwd_ms"] = fwd[name]
         rows[name]["fwd_bwd_ms"] = both[name] if backward_ok[name] else None

@@ -15,10 +15,12 @@ counts match) train through seqlab's trainer with the same recipe, batch, steps 
     span  T5 span corruption on text (the embedded corpus, or --text PATH), character-level,
           windows of 128 characters: the validation loss (nats per target token).
 
-Training speed: the median of the runs' logged tokens/s (source + target tokens per second
-of training), and kat5's as a ratio to t5's of the same seed, measured in the same process
-one after the other (the machine is shared and noisy: compare ratios, not absolute numbers).
-torch runs one thread (--threads) unless told otherwise.
+Training speed (source + target tokens per second of training), two ways: the median of each
+run's logged tokens/s with kat5's as a ratio to t5's of the same seed (runs one after the
+other: on a shared, noisy machine the load may change between them), and, first, an
+interleaved measurement (--speed-rounds, 0 = none): fresh t5 and kat5 timed in turns, 5
+training steps each per round, on the same batches, median over rounds: the ratio to trust.
+torch runs one thread (--threads) unless told otherwise; --seeds 0 measures only the speed.
 
 Results: a table on stdout, and --out/results.json (every number, per seed and model, and the
 environment: device, dtype, torch version, commit, command line); the run dirs stay in --out.
@@ -40,7 +42,8 @@ from seqlab.bench.report import git_commit
 from seqlab.models import count_parameters
 from seqlab.train import load_run_config, train
 from seqlab.train.metrics import read_metrics
-from seqlab.train.runs import load_run
+from seqlab.train.optim import make_optimizer
+from seqlab.train.runs import build_model_for_task, build_task, load_run
 
 MODELS = ("t5", "kat5")
 OBJECTIVES = ("g2p", "span")
@@ -101,6 +104,36 @@ def run_one(args, objective: str, model_name: str, seed: int) -> dict:
     return row
 
 
+def interleaved_speed(args, objective: str, rounds: int, steps_per_round: int = 5) -> dict:
+    """Training tokens/s of t5 and kat5 timed in turns (t5, kat5, t5, kat5, ...) on the same
+    batches, so both see the same machine load: the median over rounds per model (a first
+    round warms up), and kat5's as a ratio to t5's."""
+    built = {}
+    for name in MODELS:
+        cfg = load_run_config(overrides=_overrides(args, objective, name, 0, Path(args.out) / "speed"))
+        task = build_task(cfg)
+        torch.manual_seed(0)
+        model, _ = build_model_for_task(cfg, task)
+        t = cfg.train
+        built[name] = (task, model.train(), make_optimizer(model, t.lr, t.weight_decay, (t.beta1, t.beta2)))
+    task = built["t5"][0]  # the same data, so the same vocabulary and batches for both
+    gen = torch.Generator().manual_seed(0)
+    batches = [task.batch("train", args.batch_size, gen) for _ in range(steps_per_round)]
+    tokens = sum(task.count_tokens(b) for b in batches)
+    speeds = {name: [] for name in MODELS}
+    for _ in range(rounds + 1):
+        for name, (task, model, optimizer) in built.items():
+            start = time.perf_counter()
+            for batch in batches:
+                loss, _ = task.loss(model, batch)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            speeds[name].append(tokens / (time.perf_counter() - start))
+    median = {name: statistics.median(values[1:]) for name, values in speeds.items()}
+    return {"objective": objective, "tokens_per_s": median, "kat5_vs_t5": median["kat5"] / median["t5"]}
+
+
 def _mean_std(values: list[float], digits: int = 4) -> str:
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
@@ -132,13 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=3000, help="training steps per run (default 3000)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seeds", type=int, default=1, help="seeds 0 .. N-1 (default 1)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0 .. N-1 (default 1; 0 = speed only)")
     p.add_argument("--decode", type=int, default=500, help="g2p: test words decoded (default 500)")
     p.add_argument("--beams", type=int, default=5, help="g2p: beam width of the beam metrics")
     p.add_argument("--eval-iters", type=int, default=50, help="validation batches of the final val loss")
     p.add_argument("--text", help="span: a text file or folder (default: the embedded corpus)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     p.add_argument("--out", default=None, help="output folder (default bench_results/seq2seq-<time>)")
+    p.add_argument(
+        "--speed-rounds", type=int, default=5, help="rounds of the interleaved speed measurement (0 = none)"
+    )
     p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="more overrides for every run")
     args = p.parse_args(argv)
     objectives = [o.strip() for o in args.objective.split(",") if o.strip()]
@@ -149,8 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     args.out = args.out or f"bench_results/seq2seq-{stamp}"
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, speed = [], []
     for objective in objectives:
+        if args.speed_rounds > 0:
+            speed.append(interleaved_speed(args, objective, args.speed_rounds))
+            print(json.dumps(speed[-1]), flush=True)
         for seed in range(args.seeds):
             pair = {name: run_one(args, objective, name, seed) for name in MODELS}
             for row in pair.values():
@@ -166,10 +205,18 @@ def main(argv: list[str] | None = None) -> int:
         "date": stamp,
         "command": " ".join(sys.argv),
     }
-    Path(args.out, "results.json").write_text(json.dumps({"env": env, "runs": rows}, indent=2))
-    for objective in objectives:
+    Path(args.out, "results.json").write_text(
+        json.dumps({"env": env, "speed": speed, "runs": rows}, indent=2)
+    )
+    for objective in objectives if rows else ():
         print(f"\n{objective}, preset {args.preset}, {args.steps} steps x batch {args.batch_size}:")
         print(table(rows, objective))
+    for measured in speed:
+        rates = ", ".join(f"{k} {v:,.0f}" for k, v in measured["tokens_per_s"].items())
+        print(
+            f"\n{measured['objective']}: training tokens/s timed in turns: {rates}; "
+            f"kat5 / t5 = {measured['kat5_vs_t5']:.3f}"
+        )
     print(f"\n(results in {args.out}/results.json)")
     return 0
 

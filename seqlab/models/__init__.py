@@ -8,9 +8,7 @@ from dataclasses import dataclass, field
 
 from seqlab.config import from_dict
 from seqlab.errors import ConfigError
-from seqlab.models import fastformer, gpt, kat5, leap, lfm, stack, t5
-from seqlab.models import heptapod
-from seqlab.models import autonomic_host
+from seqlab.models import autonomic_host, fastformer, gpt, heptapod, kat5, leap, lfm, stack, t5
 from seqlab.models import hybrid as hybrid_lm
 from seqlab.models import xtransformers as xt
 from seqlab.models.output import ModelOutput

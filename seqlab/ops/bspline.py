@@ -43,8 +43,10 @@ column per input. impl:
   autograd keeps the dense basis [N, in (G+k+1)] for backward.
 - "recompute" (default): the same forward in a torch.autograd.Function that saves only x (and
   the weight) and rebuilds the bases in backward, so activation memory is that of the input,
-  not (G + k + 1) times it. Backward: dW = dy^T dense, d dense = dy W, and dx_i = sum over the
-  k + 1 non-zero bases of d dense[i, j] B_j'(x_i) + d dense[i, G+k] silu'(x_i).
+  not (G + k + 1) times it; forward and backward go over chunks of rows, so the transient
+  dense basis is bounded too (CHUNK_ELEMENTS). Backward: dW = dy^T dense, d dense = dy W,
+  and dx_i = sum over the k + 1 non-zero bases of d dense[i, j] B_j'(x_i)
+  + d dense[i, G+k] silu'(x_i).
 Under autocast the matmuls run in the autocast dtype (the bases are evaluated in float32 and
 written to the dense basis in that dtype); backward restores the forward's autocast state.
 
@@ -138,9 +140,11 @@ def _window_index(cell: Tensor, num_cells: int, spline_order: int) -> Tensor:
 
 def _polynomial(u: Tensor, coefficients) -> Tensor:
     """sum_p coefficients[p] u^p by Horner's rule; in place unless autograd records u."""
-    v = torch.full_like(u, coefficients[-1])
+    if len(coefficients) == 1:
+        return torch.full_like(u, coefficients[0])
+    v = u * coefficients[-1] + coefficients[-2]
     inplace = not (u.requires_grad and torch.is_grad_enabled())
-    for c in reversed(coefficients[:-1]):
+    for c in reversed(coefficients[:-2]):
         v = v.mul_(u).add_(c) if inplace else v * u + c
     return v
 
@@ -280,8 +284,20 @@ def _silu_grad(x: Tensor) -> Tensor:
     return s * (1 + x * (1 - s))
 
 
+# The recompute path builds the dense basis in chunks of rows of about this many elements, so
+# its transient memory (basis, its gradient, the local bases and their indices) stays a few
+# tens of MiB at any N, instead of several times N * in * (G + k + 1).
+CHUNK_ELEMENTS = 2**21
+
+
+def chunk_rows(in_features: int, num_bases: int) -> int:
+    return max(1, CHUNK_ELEMENTS // (in_features * (num_bases + 1)))
+
+
 class _KANLinearRecompute(torch.autograd.Function):
-    """kan_linear saving only x and the weight; the bases are rebuilt in backward."""
+    """kan_linear saving only x and the weight; the bases are rebuilt in backward. Forward and
+    backward run over chunks of rows (chunk_rows): the output rows and dx rows are written
+    chunk by chunk, dW is summed over the chunks (float32)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, grid: Tensor, weight: Tensor, spline_order: int, uniform: bool) -> Tensor:
@@ -289,10 +305,16 @@ class _KANLinearRecompute(torch.autograd.Function):
         autocast, autocast_dtype = _autocast_state(device_type)
         dtype = autocast_dtype if autocast else x.dtype
         num_bases = weight.shape[-1] - 1
-        index, values, _ = local_basis(x, grid, spline_order, uniform)
-        dense = scatter_basis(index, values.to(dtype), num_bases, F.silu(x).to(dtype))
+        n, d = x.shape
+        y = x.new_empty(n, weight.shape[0], dtype=dtype)
         with torch.autocast(device_type, enabled=False):
-            y = dense.flatten(1) @ weight.to(dtype).flatten(1).t()
+            w = weight.to(dtype).flatten(1).t()  # [in (G+k+1), out]
+            step = chunk_rows(d, num_bases)
+            for start in range(0, n, step):
+                xc = x[start : start + step]
+                index, values, _ = local_basis(xc, grid, spline_order, uniform)
+                dense = scatter_basis(index, values.to(dtype), num_bases, F.silu(xc).to(dtype))
+                torch.mm(dense.flatten(1), w, out=y[start : start + step])
         ctx.save_for_backward(x, grid, weight)
         ctx.spline_order, ctx.uniform, ctx.autocast = spline_order, uniform, (autocast, autocast_dtype)
         return y
@@ -303,24 +325,33 @@ class _KANLinearRecompute(torch.autograd.Function):
         autocast, autocast_dtype = ctx.autocast
         dtype = autocast_dtype if autocast else x.dtype
         num_bases = weight.shape[-1] - 1
-        index, values, derivatives = local_basis(x, grid, ctx.spline_order, ctx.uniform, derivative=True)
         n, d = x.shape
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+        grad_x = torch.empty_like(x) if need_x else None
+        grad_w = torch.zeros(weight.shape[0], weight[0].numel(), dtype=torch.float32, device=x.device)
         with torch.autocast(x.device.type, enabled=False):
             dy = dy.to(dtype)
             w = weight.to(dtype).flatten(1)  # [out, in (G+k+1)]
-            grad_weight = None
-            if ctx.needs_input_grad[2]:
-                dense = scatter_basis(index, values.to(dtype), num_bases, F.silu(x).to(dtype))
-                grad_weight = (dy.t() @ dense.flatten(1)).view_as(weight).to(weight.dtype)
-                del dense
-            grad_x = None
-            if ctx.needs_input_grad[0]:
-                g = (dy @ w).view(n, d, num_bases + 1).to(values.dtype)  # d loss / d dense
-                grad_x = g[..., num_bases] * _silu_grad(x.to(values.dtype))
-                # Local bases that do not exist point at the SiLU column: zero it so they add 0.
-                g[..., num_bases] = 0
-                grad_x += (g.gather(-1, index) * derivatives).sum(-1)
-                grad_x = grad_x.to(x.dtype)
+            step = chunk_rows(d, num_bases)
+            for start in range(0, n, step):
+                xc, dyc = x[start : start + step], dy[start : start + step]
+                index, values, derivatives = local_basis(
+                    xc, grid, ctx.spline_order, ctx.uniform, derivative=need_x
+                )
+                if need_w:
+                    dense = scatter_basis(index, values.to(dtype), num_bases, F.silu(xc).to(dtype))
+                    grad_w += dyc.t() @ dense.flatten(1)
+                    del dense
+                if need_x:
+                    g = (dyc @ w).view(-1, d, num_bases + 1).to(values.dtype)  # d loss / d dense
+                    gx = g[..., num_bases] * _silu_grad(xc.to(values.dtype))
+                    # Local bases that do not exist point at the SiLU column: zero it so they add 0.
+                    g[..., num_bases] = 0
+                    # sum over the k + 1 local bases as a batched dot product (faster on CPU
+                    # than a reduction over a trailing axis of size k + 1)
+                    gx += (g.gather(-1, index).unsqueeze(-2) @ derivatives.unsqueeze(-1)).view_as(gx)
+                    grad_x[start : start + step] = gx
+        grad_weight = grad_w.view_as(weight).to(weight.dtype) if need_w else None
         return grad_x, None, grad_weight, None, None
 
 

@@ -29,7 +29,8 @@ Implementations (`impl=`), all computing the same function:
   keys and values are k^2 copies of k and v, kept for the backward.
 - "tiled" (the default): the grid cut into T x T query tiles; the union of their windows is a
   (T + k - 1)^2 key halo, so each tile is one small dense SDPA over its halo with a per-tile
-  mask (built once per shape and cached), all tiles in one batched call. O(gy*gx*(T+k-1)^2*d)
+  mask (built once per shape and cached), all tiles in one batched call (an axis no longer than
+  T + k - 1 is a single tile: small grids are one dense masked SDPA). O(gy*gx*(T+k-1)^2*d)
   work (a constant factor over k^2) and O(gy*gx*((T+k-1)/T)^2*d) extra memory.
 
 `local2d_attention_loop` restates the original's per-cell Python loop (slice the window,

@@ -516,9 +516,9 @@ class GridTask(_GridTaskBase):
             else "raster order, cell by cell"
         )
         heading = f"{self.data.name}: {n} generated grids ({how}, temperature {temperature})"
-        rows = [[g] for g in grids]
-        text = heading + "\n" + panels_text(rows, ["sample"], self.data.cell_chars)
-        return text + self._write_png(run_dir, "grid_samples.png", rows, ["sample"], heading)
+        titles = [f"sample {i + 1}" for i in range(n)]
+        text = heading + "\n" + panels_text([grids], titles, self.data.cell_chars)
+        return text + self._write_png(run_dir, "grid_samples.png", [grids], titles, heading)
 
     def _generate(self, model, givens, temperature, gen, device) -> list[np.ndarray]:
         tokens = codec.to_tensor(codec.pad_stack([codec.cells(v) for v, _ in givens])).to(device)

@@ -8,7 +8,10 @@ raster sequences [b, t]. `allowed` is a LongTensor of the token ids a decoder ma
 MaskGIT (Chang et al. 2022): start with every unknown cell MASK; at step s = 1..S predict every
 cell, draw a token for each masked one, keep the n - floor(n cos(pi/2 s/S)) most confident
 masked cells (at least one per step) and leave the rest masked; cells given by a prompt are
-never masked, never changed. After S steps every cell is decided.
+never masked, never changed. After S steps every cell is decided. When sampling (temperature
+> 0) the confidence is log p + 4.5 * temperature * (1 - s/S) * Gumbel noise, MaskGIT's
+annealed "choice temperature": without it the most confident cells are nearly always the
+background, and samples come out almost empty.
 
 Chunked-reveal NLL (`chunked_nll`): a fixed random order splits the cells of a grid into S
 chunks; chunk k is predicted from the cells of chunks < k (the rest MASK):
@@ -31,6 +34,8 @@ from torch import Tensor
 
 from seqlab.models.generation import sample_next
 from seqlab.tasks.grid_codec import BOS, MASK, PAD
+
+CHOICE_TEMPERATURE = 4.5  # MaskGIT's default
 
 
 def grid_logits(model, grid: Tensor, condition: Tensor | None = None, padding_mask: Tensor | None = None):
@@ -80,7 +85,11 @@ def maskgit_decode(
         flat = logits[..., allowed].flatten(0, 2)  # [b * gy * gx, a]
         choice, conf = _pick(flat, temperature, generator)
         choice = allowed[choice].view_as(x)
-        conf = conf.view(b, -1).masked_fill(~masked.flatten(1), -math.inf)
+        conf = conf.view(b, -1).clamp(min=1e-30).log()
+        if temperature > 0:
+            u = torch.rand(conf.shape, generator=generator, device=conf.device).clamp(1e-20, 1 - 1e-7)
+            conf = conf + CHOICE_TEMPERATURE * temperature * (1 - step / steps) * -torch.log(-torch.log(u))
+        conf = conf.masked_fill(~masked.flatten(1), -math.inf)
         stay = torch.floor(total * math.cos(math.pi / 2 * step / steps)).long()
         stay = torch.minimum(stay, (left - 1).clamp(min=0)) if step < steps else torch.zeros_like(stay)
         reveal = left - stay  # [b]

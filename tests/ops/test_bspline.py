@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from seqlab.ops import bspline
 from seqlab.ops.bspline import (
     KAN_IMPLS,
     bspline_basis,
@@ -155,6 +156,19 @@ def test_fast_impls_match_the_reference_on_outputs_and_gradients(impl, knots):
     expected = _outputs_and_grads("reference", x, grid, weight)
     got = _outputs_and_grads(impl, x, grid, weight)
     for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_recompute_over_several_row_chunks_matches_the_reference(monkeypatch):
+    # 50 rows per chunk: 257 rows are 6 chunks, the last one partial.
+    monkeypatch.setattr(bspline, "CHUNK_ELEMENTS", 50 * 12 * (G + K + 1))
+    assert bspline.chunk_rows(12, G + K) == 50
+    torch.manual_seed(0)
+    x = 1.2 * torch.randn(257, 12)
+    grid = uniform_grid(12, G, K)
+    weight = torch.randn(7, 12, G + K + 1) / math.sqrt(12)
+    expected = _outputs_and_grads("reference", x, grid, weight)
+    for a, b in zip(_outputs_and_grads("recompute", x, grid, weight), expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 

@@ -399,6 +399,7 @@ def test_heptapod_solves_mazes_by_default_and_resumes_evaluates_and_generates(tm
     )
     train(resume_config(run, ["train.max_iters=4"]), resume=run)
     assert losses(run) == losses(whole) and losses(run, "val") == losses(whole, "val")  # exact resume
+    assert _val_rows(run)[-1]["loss"] < _val_rows(run)[0]["loss"]  # it learns
     val = _val_rows(run)[-1]
     assert {"exact_match", "cell_accuracy", "bits_per_target", "argmax_accuracy"} <= set(val)
     assert (run / "grid2grid_samples.png").stat().st_size > 1000
@@ -432,7 +433,8 @@ def test_gpt_raster_baseline_and_heptapod_model_digits_and_generate_from_a_promp
         prompt = "00000000/0000gggg"
         assert main(["generate", str(run), "--prompt", prompt, "--max-new-tokens", "2", "--seed", "1"]) == 0
         lines = capsys.readouterr().out.splitlines()
-        grids = [lines[i + 1 : i + 9] for i, line in enumerate(lines) if line.strip() == "sample"]
+        assert lines[1].split() == ["sample", "1", "sample", "2"]  # side by side
+        grids = [[row.split()[i] for row in lines[2:10]] for i in range(2)]
         assert len(grids) == 2 and all(
             g[0] == "00000000" and g[1][:4] == "0000" and g[1][4:] == "gggg" for g in grids
         )
@@ -463,11 +465,11 @@ def _train_accuracy(tmp_path, name, *overrides):
             *overrides,
             "task=grid",
             "data.grid=[4, 4]",
-            "train.max_iters=60",
-            "train.eval_interval=60",
+            "train.max_iters=40",
+            "train.eval_interval=40",
             "train.eval_iters=4",
             "train.lr=1e-2",
-            "train.log_interval=60",
+            "train.log_interval=40",
             f"run_dir={run}",
         )
     )
