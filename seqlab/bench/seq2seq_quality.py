@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=3000, help="training steps per run (default 3000)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seeds", type=int, default=1, help="seeds 0 .. N-1 (default 1; 0 = speed only)")
+    p.add_argument("--seeds", type=int, default=1, help="how many seeds (default 1; 0 = speed only)")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + N - 1")
     p.add_argument("--decode", type=int, default=500, help="g2p: test words decoded (default 500)")
     p.add_argument("--beams", type=int, default=5, help="g2p: beam width of the beam metrics")
     p.add_argument("--eval-iters", type=int, default=50, help="validation batches of the final val loss")
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.speed_rounds > 0:
             speed.append(interleaved_speed(args, objective, args.speed_rounds))
             print(json.dumps(speed[-1]), flush=True)
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             pair = {name: run_one(args, objective, name, seed) for name in MODELS}
             for row in pair.values():
                 row["speed_vs_t5"] = row["tokens_per_s"] / pair["t5"]["tokens_per_s"]

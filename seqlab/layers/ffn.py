@@ -11,8 +11,9 @@
                                                  lambda_entropy, entropy_mode, load_balance_coef,
                                                  z_loss_coef, impl (and rank, generator for
                                                  adaptive experts)
-    make_ffn("kan", dim, hidden_dim=None)        KAN (seqlab.layers.kan.KANFeedForward): one
-                                                 KANLinear c -> c, or c -> hidden_dim -> c;
+    make_ffn("kan", dim, hidden_dim=None)        KAN (seqlab.layers.kan.KANFeedForward):
+                                                 KANLinear c -> hidden_dim -> c (None: matched
+                                                 to a 4 c MLP; 0: one KANLinear c -> c);
                                                  options grid_size, spline_order, grid_range
                                                  (r or (lo, hi), default 2), scale_spline, basis,
                                                  impl, reg_coef (aux "kan_reg"; 0 = off)
@@ -144,7 +145,9 @@ def _kan(
     regularize_entropy: float = 1.0,
 ) -> nn.Module:
     if bias:
-        raise ValueError("the kan feed-forward has no bias: drop bias=True (a spline can represent a constant)")
+        raise ValueError(
+            "the kan feed-forward has no bias: drop bias=True (a spline can represent a constant)"
+        )
     bounds = (-float(grid_range), float(grid_range)) if isinstance(grid_range, int | float) else grid_range
     return KANFeedForward(
         dim,

@@ -252,10 +252,12 @@ def kan_ffn_params(
     scale_spline: bool = True,
     basis: str = "bspline",
 ) -> int:
-    """Parameters of KANFeedForward(dim, hidden_dim): one KANLinear dim -> dim when hidden_dim
-    is None, else dim -> hidden_dim -> dim."""
+    """Parameters of KANFeedForward(dim, hidden_dim): dim -> h -> dim with h = hidden_dim, or the
+    MLP-matched width when hidden_dim is None (see KANFeedForward); one KANLinear dim -> dim
+    when hidden_dim is 0."""
     options = dict(grid_size=grid_size, spline_order=spline_order, scale_spline=scale_spline, basis=basis)
-    if hidden_dim is None:
+    hidden_dim = resolve_hidden_dim(dim, hidden_dim, **options)
+    if hidden_dim == 0:
         return kan_linear_params(dim, dim, **options)
     return kan_linear_params(dim, hidden_dim, **options) + kan_linear_params(hidden_dim, dim, **options)
 
@@ -269,15 +271,33 @@ def kan_hidden_for_params(dim: int, params: int, **options) -> int:
     return min(candidates, key=lambda h: (abs(kan_ffn_params(dim, h, **options) - params), h))
 
 
+def resolve_hidden_dim(dim: int, hidden_dim: int | None, **options) -> int:
+    """hidden_dim, or for None the width matching a GELU MLP of hidden 4 dim (8 dim^2 weights)."""
+    if hidden_dim is None:
+        return kan_hidden_for_params(dim, 8 * dim * dim, **options)
+    if isinstance(hidden_dim, bool) or not isinstance(hidden_dim, int) or hidden_dim < 0:
+        raise ValueError(
+            f"the kan feed-forward's hidden_dim must be None (MLP-matched), 0 (one layer) or >= 1, "
+            f"got {hidden_dim!r}"
+        )
+    return hidden_dim
+
+
 class KANFeedForward(nn.Module):
     """The `kan` feed-forward: x [b, t, c] -> [b, t, c], a feed-forward of seqlab.layers.block.
 
-    hidden_dim None: one KANLinear c -> c (a sum of learned univariate functions per output;
-    grid_range default (-2, 2) for the unit-variance output of the block's norm). hidden_dim h:
-    KANLinear c -> h -> c, the two-layer Kolmogorov-Arnold form (outer functions of sums of
-    inner ones); the first layer is initialized with gain 1 / sqrt(E[silu(z)^2]) ~ 1.68 so its
-    output is about unit-variance too, inside the second layer's grid. kan_hidden_for_params
-    gives the h whose parameter count matches another feed-forward.
+    hidden_dim h: KANLinear c -> h -> c, the two-layer Kolmogorov-Arnold form (outer functions
+    of sums of inner ones); the first layer is initialized with gain 1 / sqrt(E[silu(z)^2]) ~
+    1.68 so its output is about unit-variance too, inside the second layer's grid (grid_range
+    default (-2, 2), for the unit-variance output of the block's norm). hidden_dim None: the h
+    whose parameter count matches a GELU MLP of hidden 4 c (kan_hidden_for_params; 0.4 c for
+    G = 5, k = 3). hidden_dim 0: one KANLinear c -> c, a sum of learned univariate functions
+    per output (no products of inputs inside the feed-forward).
+
+    The default is the two-layer form because it learned better per parameter: a tiny `stack`
+    LM (dim 32, 2 layers, 400 steps, ~8.2k feed-forward weights per layer) reached val loss
+    2.532 with c -> 13 -> c (G = 5) against 2.616 for one c -> c layer (G = 3, the same
+    weights) and 2.563 for the GELU MLP; both KAN forms cost the same matmul FLOPs per weight.
 
     reg_coef > 0 adds reg_coef * sum of the layers' regularization_loss(regularize_activation,
     regularize_entropy) as the auxiliary loss "kan_reg" (ctx.add_aux).
@@ -300,10 +320,8 @@ class KANFeedForward(nn.Module):
         regularize_entropy: float = 1.0,
     ):
         super().__init__()
-        if hidden_dim is not None and hidden_dim < 1:
-            raise ValueError(
-                f"the kan feed-forward's hidden_dim must be None (one layer) or >= 1, got {hidden_dim}"
-            )
+        size = dict(grid_size=grid_size, spline_order=spline_order, scale_spline=scale_spline, basis=basis)
+        hidden_dim = resolve_hidden_dim(dim, hidden_dim, **size)
         if reg_coef < 0:
             raise ValueError(f"reg_coef must be >= 0 (0 = off), got {reg_coef}")
         options = dict(
@@ -314,7 +332,7 @@ class KANFeedForward(nn.Module):
             basis=basis,
             impl=impl,
         )
-        if hidden_dim is None:
+        if hidden_dim == 0:
             self.layers = nn.ModuleList([KANLinear(dim, dim, **options)])
         else:
             gain = 1 / math.sqrt(SILU_SQUARE_MEAN)
@@ -362,4 +380,5 @@ __all__ = [
     "kan_ffn_params",
     "kan_hidden_for_params",
     "kan_linear_params",
+    "resolve_hidden_dim",
 ]

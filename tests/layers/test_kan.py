@@ -37,7 +37,7 @@ def test_kan_linear_mixes_channels_its_jacobian_is_not_diagonal(basis):
 
 def test_kan_feed_forward_mixes_channels():
     torch.manual_seed(0)
-    for hidden in (None, 10):
+    for hidden in (None, 0, 10):
         ffn = KANFeedForward(6, hidden)
         jac = jacobian(ffn, torch.randn(6))
         assert (jac[~torch.eye(6, dtype=torch.bool)].abs() > 1e-5).all()
@@ -174,11 +174,21 @@ def test_kan_ffn_options_reach_the_layers_and_bias_is_refused():
 
 
 @pytest.mark.parametrize("basis", ["bspline", "truncated_power"])
-@pytest.mark.parametrize("hidden", [None, 7])
+@pytest.mark.parametrize("hidden", [None, 0, 7])
 def test_parameter_counts_match_the_modules(basis, hidden):
     ffn = KANFeedForward(12, hidden, grid_size=4, spline_order=2, basis=basis)
     assert sum(p.numel() for p in ffn.parameters()) == kan_ffn_params(12, hidden, 4, 2, basis=basis)
     assert kan_linear_params(12, 5, 4, 2, scale_spline=False) == 12 * 5 * (4 + 2 + 1)
+
+
+def test_kan_ffn_shapes_by_hidden_dim_default_matches_a_4c_mlp():
+    assert [len(KANFeedForward(40, h).layers) for h in (None, 0, 9)] == [2, 1, 2]
+    default = KANFeedForward(40)
+    assert default.hidden_dim == kan_hidden_for_params(40, 8 * 40 * 40) == 16  # 0.4 c at G=5, k=3
+    params = sum(p.numel() for p in default.parameters())
+    assert abs(params - 8 * 40 * 40) <= kan_ffn_params(40, 1) / 2
+    with pytest.raises(ValueError, match="hidden_dim must be None"):
+        KANFeedForward(8, -1)
 
 
 def test_kan_hidden_for_params_picks_the_closest_width():
