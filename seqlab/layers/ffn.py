@@ -35,7 +35,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from seqlab.layers.kan import KANFeedForward
+from seqlab.layers.kan import KANFeedForward, kan_hidden_for_params
 from seqlab.layers.mixing import ChannelMixing
 from seqlab.layers.mlp import MLP, GatedGELU, SwiGLU
 from seqlab.layers.moe import MixtureOfExperts
@@ -132,6 +132,7 @@ def _kan(
     dim: int,
     *,
     hidden_dim: int | None = None,
+    mlp_hidden_dim: int | None = None,
     dropout: float = 0.0,
     bias: bool = False,
     grid_size: int = 5,
@@ -149,6 +150,16 @@ def _kan(
             "the kan feed-forward has no bias: drop bias=True (a spline can represent a constant)"
         )
     bounds = (-float(grid_range), float(grid_range)) if isinstance(grid_range, int | float) else grid_range
+    if hidden_dim is None and mlp_hidden_dim is not None:
+        # The width whose parameter count matches a GELU MLP dim -> mlp_hidden_dim -> dim.
+        hidden_dim = kan_hidden_for_params(
+            dim,
+            2 * dim * mlp_hidden_dim,
+            grid_size=grid_size,
+            spline_order=spline_order,
+            scale_spline=scale_spline,
+            basis=basis,
+        )
     return KANFeedForward(
         dim,
         hidden_dim,
@@ -165,6 +176,10 @@ def _kan(
     )
 
 
+# Feed-forwards that pick their own width to match the parameters of an MLP: a model passes them
+# mlp_hidden_dim (the MLP's hidden width) instead of hidden_dim (their own width).
+MLP_MATCHED = frozenset({"kan"})
+
 FFNS: dict[str, Callable[..., nn.Module]] = {
     "mlp": _mlp,
     "swiglu": _swiglu,
@@ -180,4 +195,4 @@ def make_ffn(kind: str, dim: int, **options) -> nn.Module:
     return build(FFNS, "feed-forward", kind, dim, options)
 
 
-__all__ = ["FFNS", "make_ffn"]
+__all__ = ["FFNS", "MLP_MATCHED", "make_ffn"]

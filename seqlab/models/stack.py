@@ -33,7 +33,7 @@ from torch import nn
 from seqlab.config import check_fields, parse_scalar
 from seqlab.errors import ConfigError
 from seqlab.layers.block import Block
-from seqlab.layers.ffn import FFNS, make_ffn
+from seqlab.layers.ffn import FFNS, MLP_MATCHED, make_ffn
 from seqlab.layers.mixers import MIXERS, NEEDS_ADAPT, make_mixer
 from seqlab.layers.mixing import AdaptFeaturizer
 from seqlab.layers.norm import NORMS
@@ -197,7 +197,8 @@ def _build_block(cfg: StackConfig, i: int, spec: LayerSpec) -> Block:
     ffn_kind = spec.ffn or cfg.ffn
     ffn = None
     if ffn_kind != "none":
-        options = {"hidden_dim": int(cfg.mlp_ratio * cfg.dim), "dropout": cfg.dropout, **spec.ffn_options}
+        width = "mlp_hidden_dim" if ffn_kind in MLP_MATCHED else "hidden_dim"
+        options = {width: int(cfg.mlp_ratio * cfg.dim), "dropout": cfg.dropout, **spec.ffn_options}
         try:
             ffn = make_ffn(ffn_kind, cfg.dim, **options)
         except ValueError as e:

@@ -243,3 +243,15 @@ def test_stack_model_with_attention_plus_kan_layers_trains():
         optimizer.step()
         losses.append(out.loss.item())
     assert math.isfinite(losses[-1]) and losses[-1] < 0.5 * losses[0]
+
+
+def test_stack_kan_layers_match_the_mlp_layers_parameters_by_default():
+    # A stack passes `kan` the MLP's hidden width (mlp_ratio * dim) to match, not as its own
+    # width: "attention+kan" then has about the parameters of "attention+mlp".
+    sizes = {}
+    for ffn in ("mlp", "kan"):
+        model = StackLM(
+            StackConfig(vocab_size=16, dim=32, num_heads=2, max_seq_len=24, layers=f"attention+{ffn}*2")
+        )
+        sizes[ffn] = sum(p.numel() for block in model.blocks for p in block.ffn.parameters())
+    assert abs(sizes["kan"] - sizes["mlp"]) / sizes["mlp"] < 0.1, sizes
