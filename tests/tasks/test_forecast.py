@@ -267,7 +267,9 @@ def test_task_options_and_model_task_are_checked(series_csv, toy_series_model):
         load_run_config(overrides=[*model, "task=forecast", "task_options.colum=a"])
     with pytest.raises(ConfigError, match="unknown key 'column' in task_options of task 'lm'"):
         load_run_config(overrides=["task_options.column=a"])
-    with pytest.raises(ConfigError, match="model 'gpt' is made for task 'lm' or 'grid' or 'grid2grid', not 'forecast'"):
+    with pytest.raises(
+        ConfigError, match="model 'gpt' is made for task 'lm' or 'grid' or 'grid2grid', not 'forecast'"
+    ):
         load_run_config(overrides=["task=forecast"])
     with pytest.raises(ConfigError, match="model 'toy_series' is made for task 'forecast', not 'lm'"):
         load_run_config(overrides=[*model, "task=lm"])
