@@ -18,6 +18,8 @@ max_seq_len), "none" (a mixer that brings its own, e.g. LEAP's decay).
 Shapes: input_ids [b, t] -> logits [b, t, v].
 """
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -183,3 +185,23 @@ class DecoderLM(nn.Module):
 
 
 __all__ = ["POSITIONS", "DecoderLM"]
+
+
+@torch.no_grad()
+def init_gpt_weights(model: nn.Module, init_std: float, num_layers: int) -> None:
+    """GPT-2's initialization (as nanoGPT): every Linear and Embedding weight ~ N(0, init_std),
+    biases 0, then each block's residual output projections (mixer.proj, ffn.proj) ~ N(0,
+    init_std / sqrt(2 num_layers)) so the residual stream's variance does not grow with depth.
+    Modules are visited in `model.apply` order, so a seed gives the same weights every time."""
+
+    def init(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    model.apply(init)
+    std = init_std / math.sqrt(2 * num_layers)
+    for block in model.blocks:
+        nn.init.normal_(block.mixer.proj.weight, mean=0.0, std=std)
+        nn.init.normal_(block.ffn.proj.weight, mean=0.0, std=std)

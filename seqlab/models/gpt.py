@@ -14,18 +14,14 @@ grow with depth.
 Shapes: input_ids [b, t] -> logits [b, t, v].
 """
 
-import math
 from dataclasses import dataclass
-
-import torch
-from torch import nn
 
 from seqlab.errors import ConfigError
 from seqlab.layers.attention import Attention
 from seqlab.layers.block import Block
 from seqlab.layers.ffn import make_ffn
 from seqlab.layers.norm import NORMS
-from seqlab.models.decoder import DecoderLM
+from seqlab.models.decoder import DecoderLM, init_gpt_weights
 
 # GPTConfig.mlp names the activation; the feed-forward registry names the layer.
 MLPS = {"gelu": "mlp", "swiglu": "swiglu"}
@@ -112,24 +108,7 @@ class GPT(DecoderLM):
             norm=cfg.norm,
             norm_bias=cfg.bias,
         )
-        self.apply(self._init_weights)
-        self._scale_residual_projections()
-
-    def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.init_std
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-
-    @torch.no_grad()
-    def _scale_residual_projections(self) -> None:
-        std = self.config.init_std / math.sqrt(2 * self.config.num_layers)
-        for block in self.blocks:
-            nn.init.normal_(block.mixer.proj.weight, mean=0.0, std=std)
-            nn.init.normal_(block.ffn.proj.weight, mean=0.0, std=std)
+        init_gpt_weights(self, cfg.init_std, cfg.num_layers)
 
     def set_window(self, window: int | None) -> None:
         """Sliding-window size of every attention layer (None = full causal attention); saved

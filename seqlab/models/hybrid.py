@@ -21,10 +21,8 @@ without it (a registry callback would always run).
 Shapes: input_ids [b, t] -> logits [b, t, v].
 """
 
-import math
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from seqlab.config import check_fields
@@ -34,7 +32,7 @@ from seqlab.layers.block import Block
 from seqlab.layers.ffn import make_ffn
 from seqlab.layers.hybrid import HybridAttention
 from seqlab.layers.norm import NORMS
-from seqlab.models.decoder import DecoderLM
+from seqlab.models.decoder import DecoderLM, init_gpt_weights
 from seqlab.models.gpt import MLPS
 
 KINDS = ("hybrid", "local", "global")
@@ -123,21 +121,7 @@ class HybridLM(DecoderLM):
             norm=cfg.norm,
             norm_bias=cfg.bias,
         )
-        self.apply(self._init_weights)
-        self._scale_residual_projections()
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-    @torch.no_grad()
-    def _scale_residual_projections(self) -> None:
-        std = self.config.init_std / math.sqrt(2 * self.config.num_layers)
-        for block in self.blocks:
-            nn.init.normal_(block.mixer.proj.weight, mean=0.0, std=std)
-            nn.init.normal_(block.ffn.proj.weight, mean=0.0, std=std)
+        init_gpt_weights(self, cfg.init_std, cfg.num_layers)
 
     def set_window(self, window: int) -> None:
         """Local span of every local and hybrid layer (global layers keep full attention);
