@@ -33,3 +33,22 @@ def _assert_same_greedy(model, got: torch.Tensor, expected: torch.Tensor, tie: f
 @pytest.fixture
 def assert_same_greedy():
     return _assert_same_greedy
+
+
+@pytest.fixture
+def stop_at():
+    """stop_at(N): a training callback that interrupts the run after step N, as Ctrl-C would
+    (the trainer saves nothing for the step it was in), for resume tests."""
+    from seqlab.train.callbacks import Callback
+
+    class StopAt(Callback):
+        name = "stop_at"
+
+        def __init__(self, step):
+            self.step = step
+
+        def on_train_step(self, step, loss, model, optimizer):
+            if step == self.step:
+                raise KeyboardInterrupt
+
+    return StopAt

@@ -8,7 +8,6 @@ import sys
 import pytest
 
 from seqlab.cli.main import main
-from seqlab.train.callbacks import Callback
 
 TINY = [
     "--preset",
@@ -100,20 +99,7 @@ def test_models_lists_registry_with_parameter_counts(capsys):
     assert gpt_baby and gpt_baby[0][2] == "0.80M"  # nanoGPT's baby config: ~0.80M params
 
 
-class _StopAt(Callback):
-    """A callback that interrupts training (as Ctrl-C would) after step `at`."""
-
-    name = "stop_at"
-
-    def __init__(self, at):
-        self.at = at
-
-    def on_train_step(self, step, loss, model, optimizer):
-        if step == self.at:
-            raise KeyboardInterrupt
-
-
-def test_resume_from_best_when_latest_is_corrupt(tmp_path, capsys):
+def test_resume_from_best_when_latest_is_corrupt(stop_at, tmp_path, capsys):
     from seqlab.train import checkpoint as ckpt
     from seqlab.train import load_run_config, train
     from seqlab.train.metrics import read_metrics
@@ -133,7 +119,7 @@ def test_resume_from_best_when_latest_is_corrupt(tmp_path, capsys):
     full, run = tmp_path / "full", tmp_path / "run"
     train(cfg(full))
     with pytest.raises(KeyboardInterrupt):
-        train(cfg(run), callbacks=[_StopAt(6)])  # saves step 6: latest, not best
+        train(cfg(run), callbacks=[stop_at(6)])  # saves step 6: latest, not best
     best = ckpt.find_checkpoint(run, "best")
     assert ckpt.read_meta(best)["step"] in (0, 4) and ckpt.find_checkpoint(run).name == "step_0000006"
     weights = run / "checkpoints" / "step_0000006" / "model.safetensors"

@@ -211,17 +211,6 @@ def _records(run_dir, name="autonomic"):
     ]
 
 
-class StopAt(Callback):
-    name = "stop_at"
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_train_step(self, step, loss, model, optimizer):
-        if step == self.step:
-            raise KeyboardInterrupt
-
-
 def test_shortcut_and_options_are_checked_by_the_config(tiny_cfg):
     cfg = tiny_cfg("model.name=hybrid", "train.autonomic=true")
     assert cfg.train.callbacks == {"autonomic": {}}
@@ -299,12 +288,12 @@ def test_no_new_parameters_and_the_optimizer_sees_the_same_ones(hybrid_run):
     assert not any("rotary" in name for name in seen["names"])
 
 
-def test_resume_continues_the_same_trajectory_bit_for_bit(cfg, tmp_path):
+def test_resume_continues_the_same_trajectory_bit_for_bit(stop_at, cfg, tmp_path):
     options = ("model.name=hybrid", "model.dropout=0.1", "train.autonomic=true", *AGGRESSIVE)
     options += ("train.callbacks.autonomic.patience=1", "train.callbacks.autonomic.cooldown=1")
     full = train(cfg(*options, run_dir=tmp_path / "full"))
     with pytest.raises(KeyboardInterrupt):
-        train(cfg(*options, run_dir=tmp_path / "cut"), callbacks=[StopAt(6)])
+        train(cfg(*options, run_dir=tmp_path / "cut"), callbacks=[stop_at(6)])
     saved = ckpt.load_trainer_state(ckpt.find_checkpoint(tmp_path / "cut"))
     assert saved["step"] == 6 and saved["callbacks"]["autonomic"]["controller"]["observations"] == 6
     resumed = train(resume_config(tmp_path / "cut"), resume=tmp_path / "cut")
@@ -382,7 +371,7 @@ def test_window_schedule_grows_the_window_with_ntk_base_and_yarn_temperature(cfg
     assert (result.run_dir / "window_schedule.png").is_file()
 
 
-def test_window_schedule_resumes_from_its_saved_start(cfg, tmp_path):
+def test_window_schedule_resumes_from_its_saved_start(stop_at, cfg, tmp_path):
     opts = (
         "model.name=hybrid",
         "train.callbacks.window_schedule.steps=10",
@@ -390,7 +379,7 @@ def test_window_schedule_resumes_from_its_saved_start(cfg, tmp_path):
     )
     full = train(cfg(*opts, run_dir=tmp_path / "full"))
     with pytest.raises(KeyboardInterrupt):
-        train(cfg(*opts, run_dir=tmp_path / "cut"), callbacks=[StopAt(5)])
+        train(cfg(*opts, run_dir=tmp_path / "cut"), callbacks=[stop_at(5)])
     resumed = train(resume_config(tmp_path / "cut"), resume=tmp_path / "cut")
     assert losses(resumed.run_dir) == losses(full.run_dir)
     assert _records(resumed.run_dir, "window_schedule") == _records(full.run_dir, "window_schedule")

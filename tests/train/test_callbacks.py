@@ -20,17 +20,6 @@ def _records(run_dir, split):
     return [r for r in read_metrics(run_dir / "metrics.jsonl") if r["split"] == split]
 
 
-class StopAt(Callback):
-    name = "stop_at"
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_train_step(self, step, loss, model, optimizer):
-        if step == self.step:
-            raise KeyboardInterrupt
-
-
 def test_loss_ewma_by_hand():
     cb = LossEWMA(alpha=0.5)
     assert cb.on_eval(0, {"loss": 4.0}, None) is None  # nothing seen yet
@@ -57,11 +46,11 @@ def test_config_names_callbacks_as_a_mapping_or_a_list(tiny_cfg):
         tiny_cfg("train.callbacks.loss_ewma.alpha=2")
 
 
-def test_resumed_run_continues_the_callbacks_bit_for_bit(tiny_cfg, tmp_path):
+def test_resumed_run_continues_the_callbacks_bit_for_bit(stop_at, tiny_cfg, tmp_path):
     ewma = "train.callbacks.loss_ewma.alpha=0.3"
     full = train(tiny_cfg("model.dropout=0.1", ewma, run_dir=tmp_path / "full"))
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_cfg("model.dropout=0.1", ewma, run_dir=tmp_path / "cut"), callbacks=[StopAt(6)])
+        train(tiny_cfg("model.dropout=0.1", ewma, run_dir=tmp_path / "cut"), callbacks=[stop_at(6)])
     saved = ckpt.load_trainer_state(ckpt.find_checkpoint(tmp_path / "cut"))
     assert saved["step"] == 6 and set(saved["callbacks"]) == {"loss_ewma", "stop_at"}  # by name
     assert saved["callbacks"]["loss_ewma"]["steps"] == 6
@@ -118,12 +107,12 @@ class MoveRopeBase(Callback):
 
 
 def test_values_a_callback_changes_in_the_model_survive_resume_eval_and_generate(
-    tiny_cfg, tmp_path, monkeypatch, capsys
+    stop_at, tiny_cfg, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.setitem(CALLBACKS, "move_rope_base", MoveRopeBase)
     run = tmp_path / "base"
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_cfg("train.callbacks=[move_rope_base]", run_dir=run), callbacks=[StopAt(7)])
+        train(tiny_cfg("train.callbacks=[move_rope_base]", run_dir=run), callbacks=[stop_at(7)])
     model, *_ = load_run(run, "latest")
     assert model.rotary.base == 2500.0
     assert [block.mixer.window for block in model.blocks] == [8, 8]

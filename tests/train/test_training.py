@@ -38,24 +38,11 @@ def test_short_run_on_real_text_falls_well_below_unigram_entropy(tiny_cfg):
     assert "step 300" in (result.run_dir / "samples.txt").read_text()
 
 
-class StopAt(Callback):
-    """A callback that interrupts training (as Ctrl-C would) after a given step."""
-
-    name = "stop_at"
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_train_step(self, step, loss, model, optimizer):
-        if step == self.step:
-            raise KeyboardInterrupt
-
-
-def test_interrupted_and_resumed_run_reproduces_the_uninterrupted_losses(tiny_cfg, tmp_path):
+def test_interrupted_and_resumed_run_reproduces_the_uninterrupted_losses(stop_at, tiny_cfg, tmp_path):
     full = train(tiny_cfg("model.dropout=0.1", run_dir=tmp_path / "full"))
     cfg = tiny_cfg("model.dropout=0.1", run_dir=tmp_path / "cut")
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, callbacks=[StopAt(7)])
+        train(cfg, callbacks=[stop_at(7)])
     assert ckpt.read_meta(ckpt.find_checkpoint(tmp_path / "cut"))["step"] == 7
     resumed = train(resume_config(tmp_path / "cut"), resume=tmp_path / "cut")
     a, b = losses(full.run_dir), losses(resumed.run_dir)
