@@ -3,6 +3,8 @@
 seqlab bench --model gpt --preset baby --dtypes float32,bfloat16 --max-iters 2000
 seqlab bench --quick                      # a few steps of everything, to check the setup
 seqlab bench --set train.lr=3e-4 model.mlp=swiglu --no-peer --out bench_results/swiglu
+seqlab bench --suite lm --seeds 3 --data tinyshakespeare.txt   # the leaderboard (seqlab.bench.suites)
+seqlab bench --suite all --quick                               # every board, a few steps
 """
 
 import argparse
@@ -13,6 +15,7 @@ import torch
 
 from seqlab.bench.cases import DTYPES, expand_cases, peer_available
 from seqlab.bench.runner import BenchSettings, run_bench
+from seqlab.bench.suites import SUITES, SuiteSettings, run_suite
 from seqlab.errors import ConfigError
 from seqlab.models import model_entry
 
@@ -22,14 +25,26 @@ QUICK = dict(
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="gpt", help="registered model(s), comma-separated (default gpt)")
     p.add_argument(
-        "--preset", default="baby", help="model preset (default baby: 4 layers, 4 heads, 128 wide)"
+        "--suite",
+        choices=SUITES,
+        help="the leaderboard: every registered model of the suite's task(s), same data, recipe and "
+        "seeds, with ratios to the baseline (lm: gpt, grid: gpt raster, seq2seq: t5)",
+    )
+    p.add_argument("--seeds", type=int, default=1, help="--suite: seeds per model (mean and std; default 1)")
+    p.add_argument(
+        "--model",
+        help="registered model(s), comma-separated (default gpt; with --suite: only these and the baseline)",
+    )
+    p.add_argument(
+        "--preset",
+        help="model preset (default baby: 4 layers, 4 heads, 128 wide; with --suite: each board's own)",
     )
     p.add_argument("--data", help="text file, folder, or hf:<dataset>; default: embedded corpus")
     p.add_argument("--tokenizer", default="char", help="char | byte | bpe (default char)")
     p.add_argument(
-        "--dtypes", default="float32,bfloat16", help="comma-separated: float32, bfloat16 (autocast)"
+        "--dtypes",
+        help="comma-separated: float32, bfloat16 (autocast); default float32,bfloat16 (--suite: float32)",
     )
     p.add_argument("--max-iters", type=int, help="training steps per case (default 2000; --quick: 40)")
     p.add_argument(
@@ -66,8 +81,61 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
     return values
 
 
+def run_suite_from_args(args: argparse.Namespace) -> int:
+    models = None
+    if args.model:
+        models = tuple(m.strip() for m in args.model.split(",") if m.strip())
+        for name in models:
+            model_entry(name)
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()] if args.dtypes else ["float32"]
+    if len(dtypes) != 1 or dtypes[0] not in DTYPES:
+        raise ConfigError(f"--suite takes one dtype (--dtypes float32 or bfloat16), got {args.dtypes!r}")
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.max_iters is not None and args.max_iters < 1:
+        raise ConfigError(f"--max-iters must be >= 1, got {args.max_iters}")
+    quick = args.quick
+    settings = SuiteSettings(
+        seeds=args.seeds,
+        preset=args.preset,
+        max_iters=args.max_iters or (QUICK["max_iters"] if quick else None),
+        data=args.data,
+        dtype=dtypes[0],
+        device=args.device,
+        decode_steps=args.decode_steps or (QUICK["decode_steps"] if quick else 16),
+        decode_repeats=1 if quick else 3,
+        kan_cost=not quick,
+        progress=not args.no_progress,
+        overrides=(*(QUICK["overrides"] if quick else ()), *(args.set or ())),
+        models=models,
+    )
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out or Path("bench_results") / f"suite-{args.suite}-{stamp}")
+    report = run_suite(args.suite, settings, out)
+    print()
+    print((out / "results.md").read_text())
+    print(f"seqlab bench: wrote {out / 'results.json'}, {out / 'results.md'} and one PNG per board")
+    failed = [
+        f"{b['name']}/{r['model']}"
+        for b in report["boards"]
+        for r in b["rows"]
+        if r["status"] in ("refused", "error")
+    ]
+    if failed:
+        print(f"seqlab bench: {len(failed)} model(s) refused or failed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
 def run_from_args(args: argparse.Namespace) -> int:
-    models = [m.strip() for m in args.model.split(",") if m.strip()]
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.suite:
+        return run_suite_from_args(args)
+    args.preset = args.preset or "baby"
+    args.dtypes = args.dtypes or "float32,bfloat16"
+    models = [m.strip() for m in (args.model or "gpt").split(",") if m.strip()]
     for name in models:
         model_entry(name)  # unknown names fail here, listing the registered ones
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
@@ -75,10 +143,6 @@ def run_from_args(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--dtypes takes a comma-separated subset of {', '.join(DTYPES)}; got {args.dtypes!r}"
         )
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
     quick = QUICK if args.quick else {}
     max_iters = args.max_iters or quick.get("max_iters", 2000)
     if max_iters < 1:

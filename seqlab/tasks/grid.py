@@ -667,23 +667,24 @@ class Grid2GridTask(_GridTaskBase):
         return torch.cat([torch.tensor(extra), self.cell_ids]).to(device)
 
     @torch.no_grad()
-    def solve(self, model, inputs: list[np.ndarray]) -> list:
+    def solve(self, model, inputs: list[np.ndarray], canvas: tuple[int, int] | None = None) -> list:
         """The model's outputs for input grids: cell-value arrays (-1 = not a cell), or ragged
-        rows for a 1D LM whose output is not rectangular."""
+        rows for a 1D LM whose output is not rectangular. `canvas` (gy, gx) is the output canvas
+        (default: the data's largest grid, what the model was trained on)."""
         device = self._device(model)
         was_training = model.training
         model.eval()
         try:
             out = []
             for first in range(0, len(inputs), DECODE_BATCH):
-                out += self._solve_batch(model, inputs[first : first + DECODE_BATCH], device)
+                out += self._solve_batch(model, inputs[first : first + DECODE_BATCH], device, canvas)
             return out
         finally:
             model.train(was_training)
 
-    def _solve_batch(self, model, inputs: list[np.ndarray], device) -> list:
+    def _solve_batch(self, model, inputs: list[np.ndarray], device, canvas=None) -> list:
         allowed = self._allowed(device)
-        shape = self.canvas_shape
+        shape = tuple(canvas or self.canvas_shape)
         if not self.kind.grid:
             prefixes = [codec.raster_pair_prefix(i) for i in inputs]
             width = max(len(p) for p in prefixes)
