@@ -25,6 +25,7 @@ from seqlab.errors import ConfigError
 from seqlab.models import build_config, model_entry
 from seqlab.tasks import TASKS, resolve_task
 from seqlab.train.callbacks import build_callbacks, normalize
+from seqlab.train.tracking import normalize as normalize_trackers
 
 DTYPES = ("float32", "bfloat16")
 PARALLEL = ("ddp", "fsdp")
@@ -113,6 +114,9 @@ class TrainConfig:
     callbacks: dict[str, Any] | list[str] = field(default_factory=dict)
     # Shortcut for train.callbacks.autonomic (the autonomic controller, default options).
     autonomic: bool = False
+    # Experiment trackers that also get every metrics record (seqlab.train.tracking):
+    # [tensorboard, wandb] or "tensorboard,wandb"; empty = none.
+    log_to: list[str] | str | None = field(default_factory=list)
 
     def __post_init__(self):
         for key in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval"):
@@ -147,6 +151,7 @@ class TrainConfig:
         if self.autonomic:
             self.callbacks.setdefault("autonomic", {})
         build_callbacks(self.callbacks)  # unknown names and bad options fail here, naming the key
+        self.log_to = normalize_trackers(self.log_to)  # unknown names fail here; packages at start
 
 
 @dataclass

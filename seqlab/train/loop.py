@@ -54,6 +54,7 @@ from seqlab.train.runs import (
     read_task_state,
     task_file,
 )
+from seqlab.train.tracking import check_installed, open_trackers
 
 
 @dataclass
@@ -155,6 +156,7 @@ def train(
         raise ConfigError(
             f"checkpoint={checkpoint!r} picks the checkpoint to resume from; it needs --resume RUN_DIR"
         )
+    check_installed(cfg.train.log_to)  # every process, before any work
     info, device = distributed.setup(cfg.train.device)
     try:
         # A process that goes silent ends the others' wait with one line naming its rank.
@@ -163,8 +165,11 @@ def train(
                 run_dir = Path(resume)
             else:
                 run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
-            with lock_run(run_dir) if info.is_main else contextlib.nullcontext():
-                return _train(cfg, resume, checkpoint, run_dir, list(callbacks or []), info, device)
+            with (
+                lock_run(run_dir) if info.is_main else contextlib.nullcontext(),
+                contextlib.ExitStack() as on_exit,
+            ):
+                return _train(cfg, resume, checkpoint, run_dir, list(callbacks or []), info, device, on_exit)
     finally:
         distributed.teardown()
 
@@ -182,7 +187,11 @@ def _run_callbacks(cfg: RunConfig, extra: list[Callback]) -> list[Callback]:
     return callbacks
 
 
-def _train(cfg: RunConfig, resume, checkpoint, run_dir: Path, extra_callbacks, info, device) -> TrainResult:
+def _train(
+    cfg: RunConfig, resume, checkpoint, run_dir: Path, extra_callbacks, info, device, on_exit
+) -> TrainResult:
+    """`on_exit` (an ExitStack) closes what the run opens, however it ends: the metrics log and
+    its trackers."""
     t = cfg.train
     state, task_state = None, None
     if resume is not None:
@@ -238,15 +247,15 @@ def _train(cfg: RunConfig, resume, checkpoint, run_dir: Path, extra_callbacks, i
         if dropped and info.is_main:
             print(f"seqlab: ignoring the saved state of {', '.join(dropped)}: not a callback of this run")
 
+    log = None
     if info.is_main:
+        resolved = resolved_dict(cfg, model_cfg)
         run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write_text(run_dir / "config.json", json.dumps(resolved_dict(cfg, model_cfg), indent=2))
+        ckpt.atomic_write_text(run_dir / "config.json", json.dumps(resolved, indent=2))
         ckpt.atomic_write_text(run_dir / "task.json", json.dumps(task_file(task)))
-    log = (
-        MetricsLog(run_dir / "metrics.jsonl", keep_until_step=step if state is not None else -1)
-        if info.is_main
-        else None
-    )
+        kept = step if state is not None else -1  # a new run keeps nothing of an earlier log
+        trackers = open_trackers(t.log_to, run_dir, resolved, kept)
+        log = on_exit.enter_context(MetricsLog(run_dir / "metrics.jsonl", kept, trackers))
 
     use_bf16 = t.dtype == "bfloat16"
 

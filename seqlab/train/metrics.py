@@ -1,12 +1,16 @@
-"""Metrics as JSON lines and the loss-curve PNG of a run directory."""
+"""Metrics as JSON lines (also sent to the run's experiment trackers) and the loss-curve PNG
+of a run directory."""
 
+import contextlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from seqlab.train.checkpoint import atomic_write_text
+from seqlab.train.tracking import Tracker
 
 
 def _plain(v: Any) -> Any:
@@ -16,16 +20,40 @@ def _plain(v: Any) -> Any:
 
 
 class MetricsLog:
-    def __init__(self, path: Path, keep_until_step: int | None = None):
+    """Appends metrics records to a JSON-lines file and hands each to the run's trackers
+    (seqlab.train.tracking), so they receive exactly what the file holds.
+
+    `keep_until_step`: drop the records after this step first (a resume: those steps run
+    again; -1 drops all). A context manager: leaving it closes the trackers, so their last
+    events are written whether the run finishes, is interrupted or fails.
+    """
+
+    def __init__(self, path: Path, keep_until_step: int | None = None, trackers: Sequence[Tracker] = ()):
         self.path = Path(path)
+        self.trackers = list(trackers)
         if keep_until_step is not None and self.path.exists():
-            # On resume, drop what was logged after the checkpoint: those steps run again.
             kept = [r for r in read_metrics(self.path) if r["step"] <= keep_until_step]
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: dict[str, Any]) -> None:
+        record = {k: _plain(v) for k, v in record.items()}
         with open(self.path, "a") as f:
-            f.write(json.dumps({k: _plain(v) for k, v in record.items()}) + "\n")
+            f.write(json.dumps(record) + "\n")
+        for tracker in self.trackers:
+            tracker.log(record)
+
+    def close(self) -> None:
+        """Close every tracker (each one, even when another's close raises)."""
+        trackers, self.trackers = self.trackers, []
+        with contextlib.ExitStack() as closing:
+            for tracker in trackers:
+                closing.callback(tracker.close)
+
+    def __enter__(self) -> "MetricsLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
