@@ -105,6 +105,7 @@ def run_suite_from_args(args: argparse.Namespace) -> int:
         decode_steps=args.decode_steps or (QUICK["decode_steps"] if quick else 16),
         decode_repeats=1 if quick else 3,
         kan_cost=not quick,
+        decode_limit=20 if quick else None,
         progress=not args.no_progress,
         overrides=(*(QUICK["overrides"] if quick else ()), *(args.set or ())),
         models=models,

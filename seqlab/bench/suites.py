@@ -140,6 +140,7 @@ SEQ2SEQ_RECIPE = (
     "train.checkpoint_interval=null",
     "train.sample_tokens=0",
     "train.eval_decode=0",
+    "task_options.beams=1",  # greedy error rates only: beam search would double the decoding time
 )
 
 
@@ -233,6 +234,7 @@ class SuiteSettings:
     decode_repeats: int = 3
     memory_steps: int = 3
     kan_cost: bool = True
+    decode_limit: int | None = None  # examples for the decoding metrics; None = each board's own
     progress: bool = False
     overrides: tuple[str, ...] = ()
     models: tuple[str, ...] | None = None  # None = every model of the board
@@ -395,7 +397,7 @@ def _curve(run_dir: Path) -> list[tuple[int, float]]:
     ]
 
 
-def run_seed(board: Board, ctx: CaseContext) -> dict[str, Any]:
+def run_seed(board: Board, ctx: CaseContext, settings: SuiteSettings) -> dict[str, Any]:
     """Train one seed; the final validation record, the board's decoding metrics, the curve."""
     trained = run_training(ctx)
     run_dir = Path(ctx.cfg.run_dir)
@@ -404,7 +406,8 @@ def run_seed(board: Board, ctx: CaseContext) -> dict[str, Any]:
     if board.decode_split is not None:
         model, _, _, _ = load_run(run_dir, "latest", ctx.device)
         start = time.perf_counter()
-        final.update(ctx.task.decode_metrics(model, board.decode_split, board.decode_limit))
+        limit = board.decode_limit if settings.decode_limit is None else settings.decode_limit
+        final.update(ctx.task.decode_metrics(model, board.decode_split, limit))
         trained["decode_metrics_s"] = time.perf_counter() - start
     return {"seed": ctx.cfg.train.seed, "train": trained, "final": final, "curve": _curve(run_dir)}
 
@@ -436,7 +439,7 @@ def run_model(
                 row.update(probe_training(ctx, settings.memory_steps))
                 row["peak_flops"] = matmul_peak_flops(settings.dtype, device)
             settings.log(f"bench {board.name}: {model} seed {seed}: training {cfg.train.max_iters} steps")
-            result = run_seed(board, ctx)
+            result = run_seed(board, ctx, settings)
             result["mfu"] = row["flops_per_step"] * result["train"]["steps_per_s"] / row["peak_flops"]
             row["seeds"].append(result)
             settings.log(

