@@ -272,7 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export", help="write a run's checkpoint in another library's format")
     ex.add_argument("run", help="run directory")
-    ex.add_argument("--to", required=True, choices=["hf"], help="hf: a Hugging Face checkpoint folder")
+    ex.add_argument(
+        "--to",
+        required=True,
+        choices=["hf"],
+        help="hf: a Hugging Face checkpoint folder (any model; t5 as transformers' own T5)",
+    )
     ex.add_argument("out", help="output folder")
     ex.add_argument("--checkpoint", default="best", help="best | latest | a step folder (step_0000500)")
     ex.set_defaults(func=cmd_export)

@@ -17,41 +17,22 @@ only as "do not rescale"), so `to_hf` builds an untied model and writes the shar
 into every embedding slot. Loading such a checkpoint with from_pretrained keeps the head
 untied (its values differ from the embedding's; transformers logs a line saying so).
 
-kat5: `t5` with KAN feed-forwards has no Hugging Face counterpart, so it gets its own
-PreTrainedModel + GenerationMixin wrapper, `KAT5HFForConditionalGeneration` (model_type "kat5",
-config `KAT5HFConfig` carrying the fields of seqlab's KAT5Config), registered with AutoConfig and
-AutoModelForSeq2SeqLM on import. It holds the seqlab model as `self.model` (checkpoint keys
-`model.<seqlab key>`), saves and loads safetensors, and decodes through generate (greedy, beam)
-with the seqlab decoding state as its cache: the encoder runs once, every decoder step feeds
-one token, beam search reorders the state.
+kat5: `t5` with KAN feed-forwards has no Hugging Face counterpart; its Hugging Face form is
+seqlab's generic wrapper (seqlab.models.hf), as for every other registry model:
+`KAT5HFConfig` / `KAT5HFForConditionalGeneration` are the names under which this module keeps
+hf_classes("kat5") (model_type "seqlab_kat5", the core config in `seqlab_config`), and
+`KAT5HFCache` the generic state cache.
 
 Shapes: input_ids [b, s] -> logits [b, t, vocab_size].
 """
 
-import dataclasses
-
 import torch
-from huggingface_hub.dataclasses import strict
-from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForSeq2SeqLM,
-    GenerationMixin,
-    PreTrainedConfig,
-    PreTrainedModel,
-    T5ForConditionalGeneration,
-)
 from transformers import T5Config as HFT5Config
-from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+from transformers import T5ForConditionalGeneration
 
 from seqlab.errors import ConfigError
-from seqlab.layers.cache import Cache as StateCache
-from seqlab.layers.rotary import RotaryEmbedding
-from seqlab.models.kat5 import KAT5Config, KAT5Model
+from seqlab.models.hf import SeqlabHFCache, hf_classes
 from seqlab.models.t5 import DECODER_START_ID, EOS_ID, PAD_ID, T5Config, T5Model
-
-CACHE_NAME = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
 
 
 def check_exportable(cfg: T5Config) -> None:
@@ -212,221 +193,9 @@ def from_hf(hf: T5ForConditionalGeneration) -> T5Model:
     return model.train(hf.training)
 
 
-# The kat5 wrapper.
-
-CORE_FIELDS = tuple(f.name for f in dataclasses.fields(KAT5Config))
-
-
-@strict
-class KAT5HFConfig(PreTrainedConfig):
-    """seqlab's KAT5Config as a Hugging Face config, field for field."""
-
-    model_type = "kat5"
-    attribute_map = {
-        "hidden_size": "dim",
-        "num_attention_heads": "num_heads",
-        "num_hidden_layers": "num_layers",
-        "d_model": "dim",
-    }
-
-    vocab_size: int = 384
-    dim: int = 64
-    head_dim: int = 16
-    ffn_dim: int = 128
-    num_layers: int = 2
-    num_decoder_layers: int | None = None
-    num_heads: int = 4
-    relative_attention_num_buckets: int = 32
-    relative_attention_max_distance: int = 128
-    dropout: float | int = 0.1
-    eps: float = 1e-6
-    ffn: str = "kan"
-    ffn_options: dict | None = None
-    self_attention: str = "attention"
-    self_attention_options: dict | None = None
-    position: str = "relative"
-    rope_base: float | int = 10000.0
-    max_seq_len: int = 512
-    kan_hidden_dim: int | None = None
-    kan_reg_coef: float | int = 1e-5
-    is_encoder_decoder: bool = True
-    pad_token_id: int | None = PAD_ID
-    eos_token_id: int | None = EOS_ID
-    decoder_start_token_id: int | None = DECODER_START_ID
-    tie_word_embeddings: bool = False
-
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        self.to_core()  # invalid values are a ConfigError now, not at model creation
-
-    def to_core(self) -> KAT5Config:
-        values = {name: getattr(self, name) for name in CORE_FIELDS}
-        if values["ffn_options"] is None:
-            del values["ffn_options"]
-        else:
-            values["ffn_options"] = dict(values["ffn_options"])
-        values["self_attention_options"] = dict(values["self_attention_options"] or {})
-        values["dropout"] = float(values["dropout"])
-        values["rope_base"] = float(values["rope_base"])
-        values["kan_reg_coef"] = float(values["kan_reg_coef"])
-        return KAT5Config(**values)
-
-    @classmethod
-    def from_core(cls, core: KAT5Config, **kwargs) -> "KAT5HFConfig":
-        return cls(**{name: getattr(core, name) for name in CORE_FIELDS}, **kwargs)
-
-
-class KAT5HFCache(Cache):
-    """generate()'s cache: the seqlab decoding state `state` (per decoder block a KVState or a
-    CrossKVState). get_seq_length() counts the decoder tokens it has consumed."""
-
-    def __init__(self, state: StateCache):
-        super().__init__(layers=[])
-        self.state = state
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.state.length
-
-    def get_max_length(self, layer_idx: int | None = None) -> int:
-        return -1
-
-    @property
-    def is_croppable(self) -> bool:
-        return False
-
-    def _map_batch(self, fn) -> None:
-        self.state.map_batch(fn)
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self._map_batch(lambda x: x.index_select(0, beam_idx.to(x.device)))
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._map_batch(lambda x: x[indices.to(x.device)])
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self._map_batch(lambda x: x.repeat_interleave(repeats, dim=0))
-
-    def reset(self) -> None:
-        self.state.reset()
-
-
-class _Encoder(nn.Module):
-    """get_encoder() for generate: the seqlab encoder behind Hugging Face's encoder call."""
-
-    def __init__(self, model: T5Model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids=None, attention_mask=None, return_dict=True, **kwargs):
-        return BaseModelOutput(last_hidden_state=self.model.encode(input_ids, attention_mask))
-
-
-class KAT5HFForConditionalGeneration(PreTrainedModel, GenerationMixin):
-    """seqlab's kat5 under Hugging Face: save/from_pretrained, Auto classes, generate (greedy
-    and beam) with the seqlab decoding state as the cache."""
-
-    config: KAT5HFConfig
-    base_model_prefix = "model"
-    main_input_name = "input_ids"
-    _no_split_modules = ["Block"]
-
-    def __init__(self, config: KAT5HFConfig):
-        super().__init__(config)
-        self.model = KAT5Model(config.to_core())
-        self.post_init()
-
-    @classmethod
-    def from_core(cls, core: KAT5Model) -> "KAT5HFForConditionalGeneration":
-        """Wrap a trained seqlab kat5 model (copies its weights), e.g. to save_pretrained it."""
-        param = core.embed.weight
-        model = cls(KAT5HFConfig.from_core(core.config)).to(device=param.device, dtype=param.dtype)
-        model.model.load_state_dict(core.state_dict())
-        return model.eval()
-
-    def _init_weights(self, module: nn.Module) -> None:
-        # The seqlab model initializes itself when built; only non-persistent buffers that
-        # from_pretrained leaves empty need rebuilding.
-        if isinstance(module, RotaryEmbedding):
-            module.set_base(module.base)
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.model.head
-
-    def get_encoder(self, modality=None) -> nn.Module:
-        return _Encoder(self.model)
-
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # forward() creates the KAT5HFCache
-
-    def prepare_inputs_for_generation(
-        self,
-        decoder_input_ids: torch.LongTensor,
-        cache: KAT5HFCache | None = None,
-        past_key_values: KAT5HFCache | None = None,
-        attention_mask: torch.Tensor | None = None,
-        encoder_outputs=None,
-        **kwargs,
-    ):
-        # The cache has consumed the first `past` decoder tokens: feed the rest (one per step).
-        cache = cache if cache is not None else past_key_values
-        past = cache.get_seq_length() if cache is not None else 0
-        return {
-            "decoder_input_ids": decoder_input_ids[:, past:],
-            "attention_mask": attention_mask,
-            "encoder_outputs": encoder_outputs,
-            CACHE_NAME: cache,
-            "use_cache": kwargs.get("use_cache", True),
-        }
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        decoder_input_ids: torch.LongTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        encoder_outputs=None,
-        cache: KAT5HFCache | None = None,
-        past_key_values: KAT5HFCache | None = None,
-        use_cache: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> Seq2SeqLMOutput | tuple:
-        """labels [b, t]: target ids (-100 ignored), shifted right into the decoder inputs
-        when decoder_input_ids is None; the loss is their mean cross-entropy plus the model's
-        auxiliary losses (KAN regularization). With a cache (or use_cache=True, which starts
-        one) the decoder tokens continue the ones it consumed; the memory comes from
-        encoder_outputs when given, else input_ids are encoded (once per cache)."""
-        kwargs.pop("num_items_in_batch", None)
-        cache = cache if cache is not None else past_key_values
-        if cache is None and use_cache:
-            rows = decoder_input_ids if decoder_input_ids is not None else input_ids
-            cache = KAT5HFCache(self.model.make_cache(rows.shape[0]))
-        out = self.model(
-            input_ids,
-            attention_mask,
-            decoder_input_ids,
-            labels=labels,
-            cache=cache.state if cache is not None else None,
-            memory=encoder_outputs[0] if encoder_outputs is not None else None,
-        )
-        loss = out.total_loss() if out.loss is not None else None
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if not return_dict:
-            return tuple(v for v in (loss, out.logits, cache) if v is not None)
-        return Seq2SeqLMOutput(loss=loss, logits=out.logits, **{CACHE_NAME: cache})
-
-
-def register() -> None:
-    """Make AutoConfig / AutoModelForSeq2SeqLM resolve model_type "kat5" (idempotent)."""
-    AutoConfig.register("kat5", KAT5HFConfig, exist_ok=True)
-    AutoModelForSeq2SeqLM.register(KAT5HFConfig, KAT5HFForConditionalGeneration, exist_ok=True)
-
-
-register()
+# kat5's Hugging Face form: the generic wrapper, under the names this module gave it.
+KAT5HFConfig, KAT5HFForConditionalGeneration = hf_classes("kat5")
+KAT5HFCache = SeqlabHFCache
 
 __all__ = [
     "KAT5HFCache",
@@ -437,7 +206,6 @@ __all__ = [
     "from_hf_config",
     "from_hf_state_dict",
     "key_map",
-    "register",
     "to_hf",
     "to_hf_config",
     "to_hf_state_dict",

@@ -1,6 +1,7 @@
 """transformers.Trainer on LEAP: gradient accumulation is exact for the HF wrapper (it honours
 num_items_in_batch), and the seed-named core class trains under Trainer (ModelOutput reads like
-Hugging Face's: out[0] is the loss). Offline, tiny models, CPU."""
+Hugging Face's: out[0] is the loss); Trainer checkpoints a tied LM through the generic wrapper.
+Offline, tiny models, CPU."""
 
 import math
 
@@ -142,3 +143,20 @@ def test_trainer_trains_the_seed_named_core_class(tmp_path):
     losses = [entry["loss"] for entry in logs]
     assert len(losses) == 8 and all(math.isfinite(loss) for loss in losses)
     assert losses[-1] < losses[0] - 0.5, losses
+
+
+@transformers_missing
+def test_trainer_checkpoints_a_tied_seqlab_lm(tmp_path):
+    # A core LM ties its head to the embedding; the generic wrapper declares the tie, so
+    # Trainer's safetensors checkpoint holds it once and from_pretrained ties it again.
+    from transformers import AutoModelForCausalLM
+
+    from seqlab.models import build_model
+    from seqlab.models.hf import from_core
+
+    torch.manual_seed(0)
+    model = from_core(build_model("gpt", "tiny", vocab_size=VOCAB)).train()
+    train_one_step(model, dataset(ragged=False)[:8], tmp_path, batch=8, accumulation=1, save_strategy="steps")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "b8a1" / "checkpoint-1")
+    assert loaded.model.head.weight is loaded.model.embed.weight
+    torch.testing.assert_close(loaded.state_dict(), model.state_dict(), rtol=0, atol=0)
