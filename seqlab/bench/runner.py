@@ -273,33 +273,48 @@ def decode_latency(
     cached = _decodes(model)
     prompt = torch.randint(vocab_size, (1, context), generator=torch.Generator().manual_seed(context))
     prompt = prompt.to(device)
-    per_token, prefill = [], []
-    for _ in range(repeats + 1):  # the first pass warms up kernels, caches and RoPE tables
+    state: dict[str, Any] = {}
+
+    def prefill() -> torch.Tensor:
+        state["ids"] = prompt
+        state["cache"] = model.make_cache(1, context + steps) if cached else None
+        return model(prompt, cache=state["cache"]).logits[:, -1]
+
+    def step(logits: torch.Tensor) -> torch.Tensor:
+        token = logits.argmax(dim=-1, keepdim=True)  # [1, 1]
+        if cached:
+            return model(token, cache=state["cache"]).logits[:, -1]
+        state["ids"] = torch.cat([state["ids"], token], dim=1)
+        return model(state["ids"]).logits[:, -1]
+
+    ms_per_token, prefill_ms = time_decode(prefill, step, steps, repeats, device, autocast)
+    return {
+        "context": context,
+        "ms_per_token": ms_per_token,
+        "prefill_ms": prefill_ms,
+        "mode": "kv-cache" if cached else "recompute",
+    }
+
+
+def time_decode(prefill, step, steps: int, repeats: int, device, autocast=contextlib.nullcontext):
+    """(median ms per decoding step, median prefill ms) over `repeats` passes after one warmup
+    pass (kernels, caches, RoPE tables): `prefill()` starts a sequence and returns its last
+    logits, `step(logits)` decodes one token and returns the next logits."""
+    per_token, prefill_ms = [], []
+    for _ in range(repeats + 1):
         with autocast():
             _sync(device)
             start = time.perf_counter()
-            cache = model.make_cache(1, context + steps) if cached else None
-            logits = model(prompt, cache=cache).logits[:, -1] if cached else model(prompt).logits[:, -1]
+            logits = prefill()
             _sync(device)
             mid = time.perf_counter()
-            ids = prompt
             for _ in range(steps):
-                token = logits.argmax(dim=-1, keepdim=True)  # [1, 1]
-                if cached:
-                    logits = model(token, cache=cache).logits[:, -1]
-                else:
-                    ids = torch.cat([ids, token], dim=1)
-                    logits = model(ids).logits[:, -1]
+                logits = step(logits)
             _sync(device)
             end = time.perf_counter()
-        prefill.append((mid - start) * 1e3)
+        prefill_ms.append((mid - start) * 1e3)
         per_token.append((end - mid) * 1e3 / steps)
-    return {
-        "context": context,
-        "ms_per_token": statistics.median(per_token[1:]),
-        "prefill_ms": statistics.median(prefill[1:]),
-        "mode": "kv-cache" if cached else "recompute",
-    }
+    return statistics.median(per_token[1:]), statistics.median(prefill_ms[1:])
 
 
 def run_case(ctx: CaseContext, settings: BenchSettings) -> dict[str, Any]:

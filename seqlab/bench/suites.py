@@ -69,6 +69,7 @@ from seqlab.bench.runner import (
     decode_unsupported,
     probe_training,
     run_training,
+    time_decode,
 )
 from seqlab.errors import ConfigError, SeqlabError
 from seqlab.models import MODELS
@@ -107,38 +108,29 @@ class Board:
 
 
 LM_QUALITY = (Metric("loss", "val loss"), Metric("bits_per_token", "bits/token"))
-GRID_RECIPE = (
+
+
+def recipe(base: tuple[str, ...], *changes: str) -> tuple[str, ...]:
+    """`base` (dotted KEY=VALUE pairs) with the keys of `changes` replaced or appended."""
+    keys = {c.split("=", 1)[0] for c in changes}
+    return (*(pair for pair in base if pair.split("=", 1)[0] not in keys), *changes)
+
+
+# The lm recipe with each task's batch and learning rate (those of the grid and seq2seq studies
+# in the README), decoding metrics once at the end instead of at every evaluation.
+GRID_RECIPE = recipe(
+    RECIPE,
     "train.batch_size=32",
-    "train.grad_accum=1",
     "train.lr=3e-3",
     "train.min_lr=3e-4",
-    "train.warmup_iters=100",
-    "train.lr_decay_iters=null",
-    "train.weight_decay=0.1",
-    "train.beta1=0.9",
-    "train.beta2=0.99",
-    "train.grad_clip=1.0",
-    "train.eval_iters=20",
     "train.log_interval=25",
-    "train.checkpoint_interval=null",
-    "train.sample_tokens=0",
     "train.eval_decode=0",
 )
-SEQ2SEQ_RECIPE = (
+SEQ2SEQ_RECIPE = recipe(
+    RECIPE,
     "train.batch_size=64",
-    "train.grad_accum=1",
-    "train.lr=1e-3",
-    "train.min_lr=1e-4",
-    "train.warmup_iters=100",
-    "train.lr_decay_iters=null",
-    "train.weight_decay=0.1",
-    "train.beta1=0.9",
-    "train.beta2=0.99",
-    "train.grad_clip=1.0",
     "train.eval_iters=50",
     "train.log_interval=25",
-    "train.checkpoint_interval=null",
-    "train.sample_tokens=0",
     "train.eval_decode=0",
     "task_options.beams=1",  # greedy error rates only: beam search would double the decoding time
 )
@@ -167,7 +159,7 @@ def _boards() -> dict[str, tuple[Board, ...]]:
         "gpt",
         "tiny",
         1000,
-        (*GRID_RECIPE, "data.grid=9"),
+        recipe(GRID_RECIPE, "data.grid=9"),
         (
             Metric("exact_match", "exact match", ".3f", False),
             Metric("cell_accuracy", "cell accuracy", ".3f", False),
@@ -187,7 +179,7 @@ def _boards() -> dict[str, tuple[Board, ...]]:
         "gpt",
         "tiny",
         500,
-        (*GRID_RECIPE, "data.grid=10", "train.batch_size=16"),
+        recipe(GRID_RECIPE, "data.grid=10", "train.batch_size=16"),
         (Metric("bits_per_cell", "bits/cell"), Metric("loss", "val loss")),
         (5, 10),
         "grid side",
@@ -283,35 +275,24 @@ def board_config(board: Board, settings: SuiteSettings, model: str, seed: int, r
 @torch.no_grad()
 def seq2seq_decode_latency(
     model, vocab_size: int, source_len: int, steps: int, repeats: int, device, autocast
-):
-    """ms per target token of greedy cached decoding after encoding a `source_len` source."""
+) -> dict[str, Any]:
+    """ms per target token of greedy cached decoding after encoding a `source_len` source
+    (prefill: the encoder and the first decoder step)."""
     model.eval()
     gen = torch.Generator().manual_seed(source_len)
     src = torch.randint(2, vocab_size, (1, source_len), generator=gen).to(device)
-    times, prefill = [], []
-    for _ in range(repeats + 1):
-        with autocast():
-            _sync(device)
-            start = time.perf_counter()
-            memory = model.encode(src)
-            cache = model.make_cache(1, steps + 1)
-            ids = src.new_zeros(1, 1)  # the decoder start token is pad (0)
-            logits = model.decode(ids, memory, None, cache).logits[:, -1]
-            _sync(device)
-            mid = time.perf_counter()
-            for _ in range(steps):
-                ids = logits.argmax(-1, keepdim=True)
-                logits = model.decode(ids, None, None, cache).logits[:, -1]
-            _sync(device)
-            end = time.perf_counter()
-        prefill.append((mid - start) * 1e3)
-        times.append((end - mid) * 1e3 / steps)
-    return {
-        "context": source_len,
-        "ms_per_token": statistics.median(times[1:]),
-        "prefill_ms": statistics.median(prefill[1:]),
-        "mode": "kv-cache",
-    }
+    state: dict[str, Any] = {}
+
+    def prefill() -> torch.Tensor:
+        state["cache"] = model.make_cache(1, steps + 1)
+        start = src.new_zeros(1, 1)  # the decoder start token is pad (0)
+        return model.decode(start, model.encode(src), None, state["cache"]).logits[:, -1]
+
+    def step(logits: torch.Tensor) -> torch.Tensor:
+        return model.decode(logits.argmax(-1, keepdim=True), None, None, state["cache"]).logits[:, -1]
+
+    ms_per_token, prefill_ms = time_decode(prefill, step, steps, repeats, device, autocast)
+    return {"context": source_len, "ms_per_token": ms_per_token, "prefill_ms": prefill_ms, "mode": "kv-cache"}
 
 
 @torch.no_grad()
@@ -343,33 +324,20 @@ def measure_decode(board: Board, ctx: CaseContext, settings: SuiteSettings) -> l
     model.to(ctx.device)
     autocast = ctx.autocast
     out = []
+    steps, repeats, device = settings.decode_steps, settings.decode_repeats, ctx.device
     for context in board.contexts:
         try:
             if board.task == "lm":
-                unsupported = decode_unsupported(context, settings.decode_steps, decode_limit(model))
+                unsupported = decode_unsupported(context, steps, decode_limit(model))
                 row = unsupported or decode_latency(
-                    model,
-                    model_cfg.vocab_size,
-                    context,
-                    settings.decode_steps,
-                    settings.decode_repeats,
-                    ctx.device,
-                    autocast,
+                    model, model_cfg.vocab_size, context, steps, repeats, device, autocast
                 )
             elif board.task == "seq2seq":
                 row = seq2seq_decode_latency(
-                    model,
-                    model_cfg.vocab_size,
-                    context,
-                    settings.decode_steps,
-                    settings.decode_repeats,
-                    ctx.device,
-                    autocast,
+                    model, model_cfg.vocab_size, context, steps, repeats, device, autocast
                 )
             else:
-                row = grid_decode_latency(
-                    model, ctx.task, context, settings.decode_repeats, ctx.device, autocast
-                )
+                row = grid_decode_latency(model, ctx.task, context, repeats, device, autocast)
         except (RuntimeError, SeqlabError, IndexError, ValueError) as e:
             first = str(e).splitlines()[0] if str(e) else ""
             row = {"context": context, "status": "n/a", "reason": f"{type(e).__name__}: {first[:120]}"}
