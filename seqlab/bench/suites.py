@@ -105,6 +105,17 @@ class Board:
     decode_split: str | None = None  # split of the end-of-run decoding metrics, None = none
     decode_limit: int = 0
     description: str = ""
+    # Extra rows: (row name, registry model, overrides), e.g. a model with a training callback.
+    variants: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of a board: a registry model, and overrides of its own (a variant)."""
+
+    name: str
+    model: str
+    overrides: tuple[str, ...] = ()
 
 
 LM_QUALITY = (Metric("loss", "val loss"), Metric("bits_per_token", "bits/token"))
@@ -150,6 +161,8 @@ def _boards() -> dict[str, tuple[Board, ...]]:
         (16, 48),
         "prompt tokens",
         description="causal LM, nanoGPT's baby recipe (batch 12 x 64 tokens)",
+        # the Autonomic idea is the controller: hybrid attention with and without it
+        variants=(("hybrid+autonomic", "hybrid", ("train.autonomic=true",)),),
     )
     mazes = Board(
         "grid",
@@ -214,6 +227,16 @@ def board_models(board: Board) -> list[str]:
     return [board.baseline, *(n for n in names if n != board.baseline)]
 
 
+def board_entries(board: Board, only: tuple[str, ...] | None = None) -> list[Entry]:
+    """The rows of a board: its models (board_models), then its variants; with `only`, the
+    baseline and the rows whose model or name is listed."""
+    entries = [Entry(m, m) for m in board_models(board)]
+    entries += [Entry(name, model, tuple(overrides)) for name, model, overrides in board.variants]
+    if only is None:
+        return entries
+    return [e for e in entries if e.name == board.baseline or e.model in only or e.name in only]
+
+
 @dataclass
 class SuiteSettings:
     seeds: int = 1
@@ -244,10 +267,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def board_config(board: Board, settings: SuiteSettings, model: str, seed: int, run_dir: Path):
+def board_config(board: Board, settings: SuiteSettings, entry: Entry, seed: int, run_dir: Path):
     max_iters = settings.max_iters or board.max_iters
     pairs = [
-        f"model.name={model}",
+        f"model.name={entry.model}",
         f"model.preset={settings.preset or board.preset}",
         f"task={board.task}",
         *board.recipe,
@@ -258,6 +281,7 @@ def board_config(board: Board, settings: SuiteSettings, model: str, seed: int, r
         f"train.dtype={settings.dtype}",
         f"train.device={settings.device}",
         f"train.progress={'true' if settings.progress else 'false'}",
+        *entry.overrides,
         *settings.overrides,
     ]
     if board.data is not None:
@@ -381,20 +405,28 @@ def run_seed(board: Board, ctx: CaseContext, settings: SuiteSettings) -> dict[st
 
 
 def run_model(
-    board: Board, model: str, settings: SuiteSettings, out_dir: Path, tasks: dict
+    board: Board, entry: Entry, settings: SuiteSettings, out_dir: Path, tasks: dict
 ) -> dict[str, Any]:
+    """Check, probe, train every seed of, and time one row of a board."""
     _, device = setup_device(settings.device)
-    row: dict[str, Any] = {"model": model, "status": "pending", "reason": None, "seeds": []}
-    if model == "xtransformers" and not peer_available():
+    name = entry.name
+    row: dict[str, Any] = {
+        "model": name,
+        "registry_model": entry.model,
+        "overrides": list(entry.overrides),
+        "status": "pending",
+        "reason": None,
+        "seeds": [],
+    }
+    if entry.model == "xtransformers" and not peer_available():
         row.update(status="skipped", reason="x-transformers is not installed (pip install 'seqlab[bench]')")
         return row
-    case = Case(model, settings.preset or board.preset, settings.dtype)
+    case = Case(entry.model, settings.preset or board.preset, settings.dtype)
     try:
         for seed in range(settings.seeds):
-            cfg = board_config(
-                board, settings, model, seed, out_dir / "runs" / board.name / f"{model}-seed{seed}"
-            )
-            key = (json.dumps(asdict(cfg.data)), json.dumps(cfg.task_options), cfg.task, model)
+            run_dir = out_dir / "runs" / board.name / f"{name}-seed{seed}"
+            cfg = board_config(board, settings, entry, seed, run_dir)
+            key = (json.dumps(asdict(cfg.data)), json.dumps(cfg.task_options), cfg.task, entry.model)
             if key not in tasks:
                 tasks[key] = build_task(cfg)
             ctx = CaseContext(case, cfg, Path(cfg.run_dir), device, task=tasks[key])
@@ -406,22 +438,23 @@ def run_model(
                     return row
                 row.update(probe_training(ctx, settings.memory_steps))
                 row["peak_flops"] = matmul_peak_flops(settings.dtype, device)
-            settings.log(f"bench {board.name}: {model} seed {seed}: training {cfg.train.max_iters} steps")
+            settings.log(f"bench {board.name}: {name} seed {seed}: training {cfg.train.max_iters} steps")
             result = run_seed(board, ctx, settings)
             result["mfu"] = row["flops_per_step"] * result["train"]["steps_per_s"] / row["peak_flops"]
             row["seeds"].append(result)
+            quality = ", ".join(
+                f"{m.key} {result['final'].get(m.key, float('nan')):{m.fmt}}" for m in board.quality
+            )
+            train = result["train"]
             settings.log(
-                f"bench {board.name}: {model} seed {seed}: "
-                + ", ".join(
-                    f"{m.key} {result['final'].get(m.key, float('nan')):{m.fmt}}" for m in board.quality
-                )
-                + f", {result['train']['tokens_per_s']:,.0f} tokens/s, {result['train']['wall_s']:.0f} s"
+                f"bench {board.name}: {name} seed {seed}: {quality}, "
+                f"{train['tokens_per_s']:,.0f} tokens/s, {train['wall_s']:.0f} s"
             )
         row["decode"] = measure_decode(board, ctx, settings)
         row["status"] = "ok"
     except (SeqlabError, RuntimeError) as e:
         row.update(status="error", reason=f"{type(e).__name__}: {e}")
-        settings.log(f"bench {board.name}: {model} failed:\n{traceback.format_exc()}")
+        settings.log(f"bench {board.name}: {name} failed:\n{traceback.format_exc()}")
     return row
 
 
@@ -542,6 +575,8 @@ def board_markdown(board: Board, rows: list[dict[str, Any]], settings: dict[str,
             "ok",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    for name, model, overrides in board.variants:
+        lines.append(f"\n`{name}`: `{model}` trained with `{' '.join(overrides)}`.")
     return "\n".join(lines) + "\n"
 
 
@@ -653,10 +688,8 @@ def run_suite(suite: str, settings: SuiteSettings, out_dir: str | Path, command:
     tasks: dict = {}
     for board in boards:
         board_start = time.perf_counter()
-        models = board_models(board)
-        if settings.models is not None:
-            models = [m for m in models if m in settings.models or m == board.baseline]
-        rows = [run_model(board, m, settings, out_dir, tasks) for m in models]
+        entries = board_entries(board, settings.models)
+        rows = [run_model(board, e, settings, out_dir, tasks) for e in entries]
         summarize(board, rows)
         entry = {
             "board": asdict(board),
@@ -722,7 +755,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["BOARDS", "SUITES", "Board", "Metric", "SuiteSettings", "board_models", "run_suite"]
+__all__ = [
+    "BOARDS",
+    "SUITES",
+    "Board",
+    "Metric",
+    "SuiteSettings",
+    "board_entries",
+    "board_models",
+    "run_suite",
+]
 
 
 if __name__ == "__main__":

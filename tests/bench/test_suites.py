@@ -8,7 +8,15 @@ import math
 import pytest
 
 from seqlab.bench import suites
-from seqlab.bench.suites import BOARDS, SuiteSettings, board_models, mean_std, render, run_suite
+from seqlab.bench.suites import (
+    BOARDS,
+    SuiteSettings,
+    board_entries,
+    board_models,
+    mean_std,
+    render,
+    run_suite,
+)
 from seqlab.cli.main import main
 from seqlab.errors import ConfigError
 from seqlab.models import MODELS, ModelEntry
@@ -31,7 +39,7 @@ def _settings(**kw) -> SuiteSettings:
     return SuiteSettings(**{**base, **kw})
 
 
-def test_boards_take_every_registered_model_of_their_task_baseline_first(monkeypatch):
+def test_boards_take_every_registered_model_of_their_task_baseline_first(monkeypatch, tmp_path):
     lm = BOARDS["lm"][0]
     names = board_models(lm)
     assert names[0] == "gpt"
@@ -41,6 +49,11 @@ def test_boards_take_every_registered_model_of_their_task_baseline_first(monkeyp
     assert set(board_models(BOARDS["seq2seq"][0])) >= {"t5", "kat5", "autonomic_host"}
     for grid in BOARDS["grid"]:
         assert board_models(grid)[:1] == ["gpt"] and "heptapod" in board_models(grid)
+    lm_rows = {e.name: e for e in board_entries(lm)}
+    assert lm_rows["hybrid+autonomic"].model == "hybrid"
+    cfg = suites.board_config(lm, _settings(), lm_rows["hybrid+autonomic"], 0, tmp_path)
+    assert "autonomic" in cfg.train.callbacks and cfg.train.seed == 0 and cfg.model["name"] == "hybrid"
+    assert [e.name for e in board_entries(lm, ("leap",))] == ["gpt", "leap"]
     # A new registry entry joins the leaderboard of its task without any bench code.
     monkeypatch.setitem(suites.MODELS, "newlm", ModelEntry(*[MODELS["gpt"].config, MODELS["gpt"].model]))
     assert "newlm" in board_models(lm)
