@@ -15,7 +15,7 @@ import torch
 
 from seqlab.bench.cases import DTYPES, expand_cases, peer_available
 from seqlab.bench.runner import BenchSettings, run_bench
-from seqlab.bench.suites import SUITES, SuiteSettings, run_suite
+from seqlab.bench.suites import BOARDS, SUITES, SuiteSettings, board_entries, run_suite
 from seqlab.errors import ConfigError
 from seqlab.models import model_entry
 
@@ -56,7 +56,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=True,
         help="also run every case through x-transformers as a peer (default: on when installed)",
     )
-    p.add_argument("--decode-contexts", default="64,256,1024", help="prompt lengths for decode latency")
+    p.add_argument(
+        "--decode-contexts",
+        help="prompt lengths for decode latency (default 64,256,1024; --suite: each board's)",
+    )
     p.add_argument("--decode-steps", type=int, help="timed decode steps per context (default 32)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
@@ -82,11 +85,27 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
 
 
 def run_suite_from_args(args: argparse.Namespace) -> int:
+    unused = {
+        "--tokenizer": args.tokenizer != "char",
+        "--max-time": args.max_time is not None,
+        "--decode-contexts": args.decode_contexts is not None,
+        "--no-peer": not args.peer,
+        "--data": args.data is not None and args.suite not in ("lm", "all"),
+    }
+    for flag, given in unused.items():
+        if given:
+            raise ConfigError(
+                f"{flag} is not used by --suite {args.suite} (each board fixes its data, tokenizer, budget "
+                "and decode contexts; --data is the lm board's text); pick rows with --model, change the "
+                "recipe with --set"
+            )
     models = None
     if args.model:
         models = tuple(m.strip() for m in args.model.split(",") if m.strip())
+        rows = {e.name for group in BOARDS.values() for b in group for e in board_entries(b)}
         for name in models:
-            model_entry(name)
+            if name not in rows:
+                model_entry(name)  # names the registered models
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()] if args.dtypes else ["float32"]
     if len(dtypes) != 1 or dtypes[0] not in DTYPES:
         raise ConfigError(f"--suite takes one dtype (--dtypes float32 or bfloat16), got {args.dtypes!r}")
@@ -157,7 +176,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         max_iters=max_iters,
         max_time=args.max_time,
         device=args.device,
-        decode_contexts=_int_list(args.decode_contexts, "--decode-contexts"),
+        decode_contexts=_int_list(args.decode_contexts or "64,256,1024", "--decode-contexts"),
         decode_steps=args.decode_steps or quick.get("decode_steps", 32),
         decode_repeats=quick.get("decode_repeats", 3),
         progress=not args.no_progress,

@@ -46,6 +46,8 @@ from seqlab.train.metrics import read_metrics
 from seqlab.train.optim import make_optimizer
 from seqlab.train.runs import build_model_for_task, build_task, model_config
 
+TOKEN_COUNT_BATCHES = 8  # batches whose mean token count converts tokens/s into steps/s
+
 
 class CaseRefused(SeqlabError):
     """A case failed its correctness checks, so none of its numbers would mean anything."""
@@ -236,7 +238,13 @@ def run_training(ctx: CaseContext) -> dict[str, Any]:
     result = train(ctx.cfg)
     wall = time.perf_counter() - start
     t = ctx.cfg.train
-    tokens_per_step = ctx.task.count_tokens(ctx.task.batch("train", t.batch_size, torch.Generator()))
+    # The mean over several batches: with variable-size examples (ARC grids, words) one batch's
+    # count is off by the batch-to-batch spread.
+    gen = torch.Generator().manual_seed(t.seed)
+    counts = [
+        ctx.task.count_tokens(ctx.task.batch("train", t.batch_size, gen)) for _ in range(TOKEN_COUNT_BATCHES)
+    ]
+    tokens_per_step = statistics.mean(counts)
     windows = steady_windows(read_metrics(ctx.run_dir / "metrics.jsonl"), t.checkpoint_interval)
     tokens_per_s = statistics.median(windows) if windows else result.tokens_per_s
     return {
@@ -247,6 +255,7 @@ def run_training(ctx: CaseContext) -> dict[str, Any]:
         "tokens_per_step": tokens_per_step,
         "tokens_per_s": tokens_per_s,
         "steps_per_s": tokens_per_s / tokens_per_step,
+        "examples_per_s": tokens_per_s / tokens_per_step * t.batch_size,
         # "steady": median over clean log windows; "overall": the run's average, evaluations
         # included (only when the run was too short to have a clean window).
         "throughput_source": "steady" if windows else "overall",

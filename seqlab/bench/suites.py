@@ -52,6 +52,7 @@ import contextlib
 import json
 import math
 import statistics
+import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -108,6 +109,10 @@ class Board:
     decode_split: str | None = None  # split of the end-of-run decoding metrics, None = none
     decode_limit: int = 0
     description: str = ""
+    # The training-throughput column: "tokens_per_s" (what the task counts) or "examples_per_s"
+    # (where models count different tokens for one example: a raster LM reads separators).
+    throughput: str = "tokens_per_s"
+    note: str = ""  # printed under the table
     # Extra rows: (row name, registry model, overrides), e.g. a model with a training callback.
     variants: tuple[tuple[str, str, tuple[str, ...]], ...] = ()  # after the models
 
@@ -121,6 +126,7 @@ class Entry:
     overrides: tuple[str, ...] = ()
 
 
+THROUGHPUT_LABELS = {"tokens_per_s": "tokens/s", "examples_per_s": "examples/s"}
 LM_QUALITY = (Metric("loss", "val loss"), Metric("bits_per_token", "bits/token"))
 
 
@@ -186,6 +192,9 @@ def _boards() -> dict[str, tuple[Board, ...]]:
         decode_split="val",
         decode_limit=200,
         description="9x9 mazes, input grid -> solved grid (batch 32)",
+        throughput="examples_per_s",
+        note="val loss is not comparable between rows: the raster LM's is per token of its sequence "
+        "(separators included), the 2D model's per output cell.",
     )
     arc = Board(
         "grid",
@@ -200,6 +209,9 @@ def _boards() -> dict[str, tuple[Board, ...]]:
         (5, 10),
         "grid side",
         description="ARC-AGI-1 grids up to 10x10, generative (batch 16)",
+        throughput="examples_per_s",
+        note="bits/cell is exact for the raster LM (gpt) and an upper bound for the masked 2D model "
+        "(heptapod: the chunked-reveal factorization, 8 chunks), so Δ overstates heptapod's gap.",
     )
     g2p = Board(
         "seq2seq",
@@ -367,8 +379,7 @@ def measure_decode(board: Board, ctx: CaseContext, settings: SuiteSettings) -> l
             else:
                 row = grid_decode_latency(model, ctx.task, context, repeats, device, autocast)
         except (RuntimeError, SeqlabError, IndexError, ValueError) as e:
-            first = str(e).splitlines()[0] if str(e) else ""
-            row = {"context": context, "status": "n/a", "reason": f"{type(e).__name__}: {first[:120]}"}
+            row = {"context": context, "status": "n/a", "reason": one_line(e, 120)}
         out.append(row)
     return out
 
@@ -456,8 +467,8 @@ def run_model(
             )
         row["decode"] = measure_decode(board, ctx, settings)
         row["status"] = "ok"
-    except (SeqlabError, RuntimeError) as e:
-        row.update(status="error", reason=f"{type(e).__name__}: {e}")
+    except Exception as e:  # noqa: BLE001 - one failing row must not end a long suite
+        row.update(status="error", reason=one_line(e))
         settings.log(f"bench {board.name}: {name} failed:\n{traceback.format_exc()}")
     return row
 
@@ -484,6 +495,7 @@ def summarize(board: Board, rows: list[dict[str, Any]]) -> None:
         seeds = r["seeds"]
         r["summary"] = {
             "tokens_per_s": mean_std([s["train"]["tokens_per_s"] for s in seeds]),
+            "examples_per_s": mean_std([s["train"].get("examples_per_s") for s in seeds]),
             "mfu": mean_std([s["mfu"] for s in seeds]),
             "wall_s": mean_std([s["train"]["wall_s"] for s in seeds]),
             **{m.key: mean_std([s["final"].get(m.key) for s in seeds]) for m in board.quality},
@@ -506,6 +518,8 @@ def summarize(board: Board, rows: list[dict[str, Any]]) -> None:
             ),
             "params": r["params"] / base["params"],
         }
+        if s.get(board.throughput) and b.get(board.throughput):
+            ratios["throughput"] = s[board.throughput]["mean"] / b[board.throughput]["mean"]
         for m in board.quality:
             if s.get(m.key) and b.get(m.key):
                 ratios[f"{m.key}_diff"] = s[m.key]["mean"] - b[m.key]["mean"]
@@ -542,13 +556,15 @@ def board_markdown(board: Board, rows: list[dict[str, Any]], settings: dict[str,
         f"(mean ± std), baseline `{board.baseline}`; ratios are to the baseline in this run.",
         "",
     ]
+    if settings.get("overrides"):
+        lines += [f"Overrides on top of the board's recipe: `{' '.join(settings['overrides'])}`.", ""]
     quality = [m.label for m in board.quality]
     header = [
         "model",
         "params",
         *quality,
         f"Δ {board.quality[0].label}",
-        "tokens/s",
+        THROUGHPUT_LABELS[board.throughput],
         "vs base",
         "train s",
         "MFU",
@@ -570,8 +586,8 @@ def board_markdown(board: Board, rows: list[dict[str, Any]], settings: dict[str,
             f"{r['params'] / 1e6:.3f}M",
             *(_pm(s.get(m.key), m.fmt) for m in board.quality),
             "" if r["model"] == board.baseline or diff is None else format(diff, "+" + head.fmt),
-            _pm(s["tokens_per_s"], ",.0f"),
-            f"{v['tokens_per_s']:.2f}x" if "tokens_per_s" in v else "-",
+            _pm(s[board.throughput], ",.0f" if board.throughput == "tokens_per_s" else ",.1f"),
+            f"{v['throughput']:.2f}x" if "throughput" in v else "-",
             _pm(s["wall_s"], ".0f"),
             f"{100 * s['mfu']['mean']:.2f}%",
             f"{r['memory']['peak_bytes'] / 2**20:.0f}" if r["memory"]["peak_bytes"] else "-",
@@ -580,7 +596,12 @@ def board_markdown(board: Board, rows: list[dict[str, Any]], settings: dict[str,
         ]
         lines.append("| " + " | ".join(cells) + " |")
     for name, model, overrides in board.variants:
-        lines.append(f"\n`{name}`: `{model}` trained with `{' '.join(overrides)}`.")
+        lines.append(
+            f"\n`{name}`: `{model}` trained with `{' '.join(overrides)}` (params, memory and decode "
+            f"are those of `{model}`: a training callback changes neither)."
+        )
+    if board.note:
+        lines.append(f"\n{board.note}")
     return "\n".join(lines) + "\n"
 
 
@@ -618,24 +639,24 @@ def plot_board(board: Board, rows: list[dict[str, Any]], path: Path) -> None:
     for i, r in enumerate(ok):
         s = r["summary"]
         color = f"C{i % 10}"
-        if s.get(head.key):
+        if s.get(head.key) and s.get(board.throughput):
             left.errorbar(
-                s["tokens_per_s"]["mean"],
+                s[board.throughput]["mean"],
                 s[head.key]["mean"],
-                xerr=s["tokens_per_s"]["std"],
+                xerr=s[board.throughput]["std"],
                 yerr=s[head.key]["std"],
                 fmt="o",
                 color=color,
                 capsize=3,
                 label=r["model"],
             )
-            left.annotate(r["model"], (s["tokens_per_s"]["mean"], s[head.key]["mean"]), fontsize=8)
+            left.annotate(r["model"], (s[board.throughput]["mean"], s[head.key]["mean"]), fontsize=8)
         curves = [dict(seed["curve"]) for seed in r["seeds"]]
         steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
         if steps:
             mean = [statistics.mean(c[t] for c in curves) for t in steps]
             right.plot(steps, mean, "o-", markersize=3, color=color, label=r["model"])
-    left.set_xlabel("training tokens/s")
+    left.set_xlabel(f"training {THROUGHPUT_LABELS[board.throughput]}")
     left.set_ylabel(head.label + (" (lower is better)" if head.lower_is_better else " (higher is better)"))
     left.set_title(f"{board.name}: quality vs training throughput")
     left.grid(alpha=0.3)
@@ -643,7 +664,8 @@ def plot_board(board: Board, rows: list[dict[str, Any]], path: Path) -> None:
     right.set_ylabel("validation loss (mean over seeds)")
     right.set_title(f"{board.name}: validation loss")
     right.grid(alpha=0.3)
-    right.legend(fontsize=8)
+    if right.get_legend_handles_labels()[0]:
+        right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -691,30 +713,46 @@ def run_suite(suite: str, settings: SuiteSettings, out_dir: str | Path, command:
     }
     tasks: dict = {}
     for board in boards:
-        board_start = time.perf_counter()
         entries = board_entries(board, settings.models)
-        rows = [run_model(board, e, settings, out_dir, tasks) for e in entries]
-        summarize(board, rows)
-        entry = {
-            "board": asdict(board),
-            "name": board.name,
-            "rows": rows,
-            "wall_s": time.perf_counter() - board_start,
-        }
+        if settings.models is not None and len(entries) == 1 and board.baseline not in settings.models:
+            settings.log(
+                f"bench {board.name}: skipped (none of --model {','.join(settings.models)} is on it)"
+            )
+            continue
+        board_start = time.perf_counter()
+        entry: dict[str, Any] = {"board": asdict(board), "name": board.name, "rows": []}
+        report["boards"].append(entry)
+        for e in entries:
+            entry["rows"].append(run_model(board, e, settings, out_dir, tasks))
+            # after every row, so a long suite that stops leaves every row it finished
+            _finish_board(board, entry, report, out_dir, board_start, start)
         if board.suite == "seq2seq" and settings.kan_cost:
             try:
                 entry["kan_cost_report"], entry["kan_cost"] = kan_cost_rows(board, settings, device)
-            except (ImportError, RuntimeError, SystemExit) as e:
-                entry["kan_cost"] = f"KAN cost rows not measured: {e}\n"
-        entry["markdown"] = board_markdown(board, rows, report["settings"])
-        png = out_dir / f"{board.name}.png"
-        plot_board(board, rows, png)
-        entry["png"] = str(png)
-        report["boards"].append(entry)
+            except Exception as e:  # noqa: BLE001 - an extra table must not cost the board
+                entry["kan_cost"] = f"KAN cost rows not measured: {one_line(e)}\n"
+        _finish_board(board, entry, report, out_dir, board_start, start)
         settings.log(f"bench {board.name}: done in {entry['wall_s']:.0f} s")
-        report["wall_s"] = time.perf_counter() - start
-        _write(report, out_dir)  # after every board, so a long suite leaves what it finished
     return report
+
+
+def _finish_board(board: Board, entry: dict, report: dict, out_dir: Path, board_start: float, start: float):
+    """Aggregate, tabulate, plot and write what the board has so far."""
+    summarize(board, entry["rows"])
+    entry["wall_s"] = time.perf_counter() - board_start
+    entry["markdown"] = board_markdown(board, entry["rows"], report["settings"])
+    png = out_dir / f"{board.name}.png"
+    plot_board(board, entry["rows"], png)
+    entry["png"] = str(png)
+    report["wall_s"] = time.perf_counter() - start
+    _write(report, out_dir)
+
+
+def one_line(error: BaseException, limit: int = 200) -> str:
+    """`Type: first line of the message`, safe inside a markdown table cell."""
+    text = str(error).strip().splitlines()
+    line = f"{type(error).__name__}: {text[0] if text else ''}".replace("|", "/")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _write(report: dict, out_dir: Path) -> None:
@@ -742,6 +780,7 @@ def render(out_dir: str | Path) -> str:
     report = json.loads(path.read_text())
     for entry in report["boards"]:
         board = board_from_dict(entry["board"])
+        summarize(board, entry["rows"])
         entry["markdown"] = board_markdown(board, entry["rows"], report["settings"])
         plot_board(board, entry["rows"], out_dir / f"{board.name}.png")
     _write(report, out_dir)
@@ -755,7 +794,11 @@ def main(argv: list[str] | None = None) -> int:
         "runs are made with `seqlab bench --suite`",
     )
     p.add_argument("out", help="the --out folder of a `seqlab bench --suite` run")
-    print(render(p.parse_args(argv).out))
+    try:
+        print(render(p.parse_args(argv).out))
+    except ConfigError as e:
+        print(f"seqlab.bench.suites: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -154,9 +154,10 @@ class SeqlabHFCache(Cache):
     decoding is not supported.
     """
 
-    def __init__(self, state):
+    def __init__(self, state, batch_size: int | None = None):
         super().__init__(layers=[])
         self.state = state
+        self._batch_size = batch_size  # followed through reorder / select / repeat
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.state.length
@@ -166,7 +167,9 @@ class SeqlabHFCache(Cache):
 
     @property
     def batch_size(self) -> int:
-        return self.state.seen.shape[0]
+        if self._batch_size is None:
+            raise NotImplementedError("this cache was made without its batch size")
+        return self._batch_size
 
     @property
     def is_croppable(self) -> bool:
@@ -183,6 +186,8 @@ class SeqlabHFCache(Cache):
                 f"(num_beams=1), or use_cache=False"
             )
         self.state.map_batch(fn)
+        if self._batch_size is not None:
+            self._batch_size = fn(torch.zeros(self._batch_size, 1)).shape[0]
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self._map_batch(lambda x: x.index_select(0, beam_idx.to(x.device)))
@@ -321,7 +326,7 @@ class SeqlabHFPreTrainedModel(PreTrainedModel):
 
     def _start_cache(self, batch_size: int, length: int) -> SeqlabHFCache:
         capacity = getattr(self.model.config, "max_seq_len", None) or length
-        return SeqlabHFCache(self.model.make_cache(batch_size, capacity))
+        return SeqlabHFCache(self.model.make_cache(batch_size, capacity), batch_size)
 
     @staticmethod
     def _check_cache(cache) -> None:

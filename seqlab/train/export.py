@@ -43,7 +43,13 @@ def export_run(run_dir: str | Path, to: str, out_dir: str | Path, checkpoint: st
     hf, t5_hf = _hf_modules()
     model, _, cfg, meta = load_run(run_dir, checkpoint, "cpu")
     name = hf.registry_name(model)
-    if name == "t5":
+    native = name == "t5"
+    if native:
+        try:
+            t5_hf.check_exportable(model.cfg)
+        except ConfigError:
+            native = False  # not T5 v1.1 (another ffn, mixer or position): the generic wrapper
+    if native:
         exported = t5_hf.to_hf(model).eval()
         loader = "transformers.AutoModelForSeq2SeqLM.from_pretrained"
     else:

@@ -39,8 +39,17 @@ class MetricsLog:
         record = {k: _plain(v) for k, v in record.items()}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        for tracker in self.trackers:
-            tracker.log(record)
+        for tracker in list(self.trackers):
+            try:
+                tracker.log(record)
+            except Exception as e:  # noqa: BLE001 - metrics.jsonl is the record; a tracker is extra
+                self.trackers.remove(tracker)
+                print(
+                    f"seqlab: {type(tracker).__name__} failed ({type(e).__name__}: {e}); it gets no more "
+                    f"records, metrics.jsonl keeps them all"
+                )
+                with contextlib.suppress(Exception):
+                    tracker.close()
 
     def close(self) -> None:
         """Close every tracker (each one, even when another's close raises)."""

@@ -132,6 +132,8 @@ def normalize(log_to: list[str] | str | None) -> list[str]:
 
 def check_installed(names: list[str]) -> None:
     """Raise ConfigError naming the extra to install when a tracker's package does not import."""
+    if "wandb" in names:
+        os.environ.setdefault("WANDB_ERROR_REPORTING", "false")  # before wandb is first imported
     for name in names:
         try:
             importlib.import_module(TRACKERS[name].module)

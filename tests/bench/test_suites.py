@@ -80,6 +80,12 @@ def test_lm_board_two_seeds_ratios_png_and_markdown(tmp_path):
         assert r["seeds"][0]["final"]["loss"] != r["seeds"][1]["final"]["loss"]
     assert rows["gpt"]["vs_baseline"]["tokens_per_s"] == pytest.approx(1.0)
     assert rows["gpt"]["vs_baseline"]["loss_diff"] == pytest.approx(0.0)
+    stack, gpt = rows["stack"]["summary"], rows["gpt"]["summary"]
+    ratios = rows["stack"]["vs_baseline"]
+    assert ratios["throughput"] == pytest.approx(stack["tokens_per_s"]["mean"] / gpt["tokens_per_s"]["mean"])
+    assert ratios["loss_diff"] == pytest.approx(stack["loss"]["mean"] - gpt["loss"]["mean"])
+    for d, base in zip(rows["stack"]["decode"], rows["gpt"]["decode"]):
+        assert ratios["decode"][str(d["context"])] == pytest.approx(d["ms_per_token"] / base["ms_per_token"])
     # stack's default (attention + MLP in every layer) is gpt built from the registries: the same
     # parameters and, per seed, the same losses up to float32 round-off
     assert rows["stack"]["params"] == rows["gpt"]["params"]
@@ -125,6 +131,24 @@ def test_grid_mazes_board_exact_match_and_decode(tmp_path, monkeypatch):
     assert (tmp_path / "grid-mazes.png").exists()
 
 
+def test_a_failing_row_is_recorded_in_one_line_and_the_board_goes_on(tmp_path, monkeypatch):
+    real = suites.run_seed
+
+    def run_seed(board, ctx, settings):
+        if ctx.cfg.model["name"] == "gpt":
+            raise ValueError("boom | at the baseline\nsecond line")
+        return real(board, ctx, settings)
+
+    monkeypatch.setattr(suites, "run_seed", run_seed)
+    report = run_suite("lm", _settings(models=("stack",)), tmp_path)
+    rows = {r["model"]: r for r in report["boards"][0]["rows"]}
+    assert rows["gpt"]["status"] == "error" and rows["gpt"]["reason"] == "ValueError: boom / at the baseline"
+    assert rows["stack"]["status"] == "ok" and "vs_baseline" not in rows["stack"]  # no baseline, no ratios
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [r["status"] for r in saved["boards"][0]["rows"]] == ["error", "ok"]
+    assert "| `gpt` |" in (tmp_path / "results.md").read_text()
+
+
 def test_bad_suite_arguments_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(ConfigError, match="unknown suite"):
         run_suite("vision", _settings(), tmp_path)
@@ -133,3 +157,8 @@ def test_bad_suite_arguments_are_one_line_errors(tmp_path, capsys):
     assert main(["bench", "--suite", "lm", "--dtypes", "float32,bfloat16", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "one dtype" in err[0]
+    assert main(["bench", "--suite", "grid", "--max-time", "60", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--max-time is not used by --suite grid" in err[0]
+    assert main(["bench", "--suite", "lm", "--model", "nosuch", "--out", str(tmp_path)]) == 2
+    assert "unknown model 'nosuch'" in capsys.readouterr().err

@@ -48,6 +48,7 @@ def assert_same_scalars(got: dict[str, list[tuple[int, float]]], expected: dict[
 
 
 def test_cli_log_to_tensorboard_writes_the_scalars_of_metrics_jsonl(tmp_path):
+    pytest.importorskip("tensorboard")
     run = tmp_path / "run"
     args = ["train", "--preset", "tiny", "--batch-size", "8", "--no-progress", "--run-dir", str(run)]
     assert main([*args, "--set", *SHORT, "train.eval_iters=2", "train.log_to=tensorboard"]) == 0
@@ -74,6 +75,7 @@ class FailAt(Callback):
 
 
 def test_a_resume_hides_the_steps_that_run_again_and_a_crash_loses_no_events(tiny_cfg, tmp_path):
+    pytest.importorskip("tensorboard")
     run = tmp_path / "run"
     with pytest.raises(RuntimeError, match="crash"):
         train(tiny_cfg(*SHORT, "train.log_to=tensorboard", run_dir=run), callbacks=[FailAt(5)])
@@ -119,6 +121,26 @@ def test_trackers_get_every_record_and_are_closed_however_the_run_ends(
     # Exactly what metrics.jsonl holds (JSON keeps Python floats exactly), up to the last step.
     assert tracker.records == read_metrics(tmp_path / "r" / "metrics.jsonl")
     assert tracker.records[-1]["step"] == (3 if ending == "finished" else 2)
+
+
+class BrokenTracker(RecordingTracker):
+    def log(self, record):
+        if record["step"] >= 2:
+            raise OSError("disk full")
+        super().log(record)
+
+
+def test_a_failing_tracker_is_dropped_and_training_goes_on(tiny_cfg, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(tracking.TRACKERS, "broken", BrokenTracker)
+    monkeypatch.setattr(RecordingTracker, "made", [])
+    cfg = tiny_cfg(
+        "train.max_iters=4", "train.eval_interval=2", "train.log_to=broken", run_dir=tmp_path / "r"
+    )
+    assert train(cfg).step == 4
+    (tracker,) = RecordingTracker.made
+    assert tracker.closed == 1 and all(r["step"] < 2 for r in tracker.records)
+    assert read_metrics(tmp_path / "r" / "metrics.jsonl")[-1]["step"] == 4  # the file has every record
+    assert "BrokenTracker failed (OSError: disk full)" in capsys.readouterr().out
 
 
 def test_default_run_writes_no_tracker_files(tiny_cfg, tmp_path):
