@@ -597,8 +597,9 @@ def board_markdown(board: Board, rows: list[dict[str, Any]], settings: dict[str,
         lines.append("| " + " | ".join(cells) + " |")
     for name, model, overrides in board.variants:
         lines.append(
-            f"\n`{name}`: `{model}` trained with `{' '.join(overrides)}` (params, memory and decode "
-            f"are those of `{model}`: a training callback changes neither)."
+            f"\n`{name}`: `{model}` trained with `{' '.join(overrides)}`; its params, memory and decode "
+            f"are measured on the same model as `{model}`'s (a training callback changes none of them: "
+            f"a difference there is timing noise)."
         )
     if board.note:
         lines.append(f"\n{board.note}")
