@@ -46,7 +46,7 @@ def export_run(run_dir: str | Path, to: str, out_dir: str | Path, checkpoint: st
     native = name == "t5"
     if native:
         try:
-            t5_hf.check_exportable(model.cfg)
+            t5_hf.check_exportable(model.config)
         except ConfigError:
             native = False  # not T5 v1.1 (another ffn, mixer or position): the generic wrapper
     if native:

@@ -184,6 +184,8 @@ def run_config(tmp_path, name, *overrides):
         ("heptapod", ["task=grid"]),
         ("t5", ["task=seq2seq", "data.source=reverse"]),  # as transformers' own T5
         ("kat5", ["task=seq2seq", "data.source=reverse"]),
+        # not T5 v1.1 (RoPE instead of the relative bias): the generic wrapper instead
+        ("t5", ["task=seq2seq", "data.source=reverse", "model.position=rotary"]),
     ],
 )
 def test_seqlab_export_writes_any_run(tmp_path, capsys, name, overrides):
@@ -203,7 +205,8 @@ def test_seqlab_export_writes_any_run(tmp_path, capsys, name, overrides):
     model, task, cfg, _ = load_run(tmp_path / name, "best")
     assert json.loads((out / "seqlab_task.json").read_text())["task"] == cfg.task
     loaded = AUTO.get(cfg.task, AutoModel).from_pretrained(out).eval()
-    assert type(loaded) is (T5ForConditionalGeneration if name == "t5" else seqlab_hf.hf_classes(name)[1])
+    native = name == "t5" and "model.position=rotary" not in overrides
+    assert type(loaded) is (T5ForConditionalGeneration if native else seqlab_hf.hf_classes(name)[1])
     if cfg.task == "seq2seq":
         b = task.batch("val", 3, torch.Generator().manual_seed(0))
         inputs = dict(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"])
