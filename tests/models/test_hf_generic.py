@@ -217,3 +217,33 @@ def test_seqlab_export_writes_any_run(tmp_path, capsys, name, overrides):
         with torch.no_grad():
             ours, theirs = model(x).logits, loaded(x).logits
     torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gpt", "leap", "lfm"])
+def test_causal_beam_search_with_the_state_equals_beam_search_recomputing(name):
+    """Beam search reorders the decoding state (KV cache, LEAP's sums, token mixing): with it,
+    the same beams as recomputing the prefix at every step."""
+    hf = seqlab_hf.from_core(core_model(name)).eval()
+    ids = torch.randint(0, V, (2, 5), generator=torch.Generator().manual_seed(1))
+    kw = dict(max_new_tokens=6, num_beams=3, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        cached = hf.generate(ids, use_cache=True, **kw)
+        recomputed = hf.generate(ids, use_cache=False, **kw)
+    assert torch.equal(cached, recomputed)
+
+
+@pytest.mark.parametrize("name", ["gpt", "leap"])
+def test_left_padded_batched_generate_equals_each_row_alone(name):
+    hf = seqlab_hf.from_core(core_model(name)).eval()
+    gen = torch.Generator().manual_seed(2)
+    rows = [torch.randint(1, V, (n,), generator=gen) for n in (6, 3)]
+    ids = torch.zeros(2, 6, dtype=torch.long)
+    mask = torch.zeros(2, 6, dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, 6 - len(row) :], mask[r, 6 - len(row) :] = row, 1
+    kw = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        batched = hf.generate(ids, attention_mask=mask, **kw)[:, 6:]
+        alone = [hf.generate(row[None], **kw)[0, len(row) :] for row in rows]
+    for got, want in zip(batched, alone):
+        assert torch.equal(got, want)
