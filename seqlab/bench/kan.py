@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from seqlab.bench.memory import PeakMemory
+from seqlab.bench.peak import sync
 from seqlab.bench.report import command_line, device_name, git_commit
 from seqlab.layers.kan import KANLinear, kan_linear_params
 from seqlab.layers.mlp import MLP
@@ -147,11 +148,6 @@ def peak_bytes(module, x, probe, dtype) -> int | None:
     return mem.peak_bytes
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run(args) -> dict:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -187,10 +183,10 @@ def run(args) -> dict:
                 step(module, x, probe, dtype)
             for _ in range(args.repeats):
                 for name, module in rows.items():
-                    _sync(device)
+                    sync(device)
                     start = time.perf_counter()
                     step(module, x, probe, dtype)
-                    _sync(device)
+                    sync(device)
                     times[name].append(time.perf_counter() - start)
             base = entries["mlp"]
             base["seconds"] = statistics.median(times["mlp"])

@@ -21,7 +21,8 @@ def default_sizes(device: torch.device) -> tuple[int, ...]:
     return (4096, 8192) if device.type == "cuda" else (1024, 2048)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); a no-op on CPU. Every bench timer calls it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -34,7 +35,7 @@ SLOW_MATMUL_S = 0.5
 def _timed_matmul(a: torch.Tensor, b: torch.Tensor, device: torch.device) -> float:
     start = time.perf_counter()
     a @ b
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start
 
 

@@ -34,7 +34,7 @@ import torch
 from seqlab.bench.cases import PEER, RECIPE, Case, peer_available
 from seqlab.bench.flops import training_flops
 from seqlab.bench.memory import PeakMemory
-from seqlab.bench.peak import matmul_peak_flops
+from seqlab.bench.peak import matmul_peak_flops, sync
 from seqlab.bench.report import environment, write_report
 from seqlab.errors import ConfigError, SeqlabError
 from seqlab.models import count_parameters, model_entry
@@ -125,11 +125,6 @@ def decode_unsupported(context: int, steps: int, limit: int | None) -> dict[str,
     return {"context": context, "status": "n/a", "reason": f"max_seq_len {limit}"}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.no_grad()
 def check_correctness(model: torch.nn.Module, vocab_size: int, max_seq_len: int, device) -> list[str]:
     """Invariants every token model must satisfy before it is timed; returns the failures."""
@@ -208,7 +203,7 @@ def _train_steps(ctx: CaseContext, batch: dict[str, torch.Tensor], steps: int) -
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    _sync(ctx.device)
+    sync(ctx.device)
     return model
 
 
@@ -312,14 +307,14 @@ def time_decode(prefill, step, steps: int, repeats: int, device, autocast=contex
     per_token, prefill_ms = [], []
     for _ in range(repeats + 1):
         with autocast():
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             logits = prefill()
-            _sync(device)
+            sync(device)
             mid = time.perf_counter()
             for _ in range(steps):
                 logits = step(logits)
-            _sync(device)
+            sync(device)
             end = time.perf_counter()
         prefill_ms.append((mid - start) * 1e3)
         per_token.append((end - mid) * 1e3 / steps)

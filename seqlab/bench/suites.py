@@ -48,7 +48,6 @@ bars over seeds; and the validation-loss curves, mean over seeds).
 """
 
 import argparse
-import contextlib
 import json
 import math
 import statistics
@@ -63,7 +62,7 @@ import numpy as np
 import torch
 
 from seqlab.bench.cases import RECIPE, Case, peer_available
-from seqlab.bench.peak import matmul_peak_flops
+from seqlab.bench.peak import matmul_peak_flops, sync
 from seqlab.bench.report import environment
 from seqlab.bench.runner import (
     CaseContext,
@@ -78,6 +77,7 @@ from seqlab.bench.runner import (
 from seqlab.errors import ConfigError, SeqlabError
 from seqlab.models import MODELS
 from seqlab.train import load_run_config
+from seqlab.train.checkpoint import atomic_write_text
 from seqlab.train.distributed import setup as setup_device
 from seqlab.train.metrics import read_metrics
 from seqlab.train.runs import build_model_for_task, build_task, load_run
@@ -113,6 +113,7 @@ class Board:
     # (where models count different tokens for one example: a raster LM reads separators).
     throughput: str = "tokens_per_s"
     note: str = ""  # printed under the table
+    eval_interval: int | None = None  # None = max_iters // 8 (eight points on the val curve)
     # Extra rows: (row name, registry model, overrides), e.g. a model with a training callback.
     variants: tuple[tuple[str, str, tuple[str, ...]], ...] = ()  # after the models
 
@@ -170,6 +171,7 @@ def _boards() -> dict[str, tuple[Board, ...]]:
         (16, 48),
         "prompt tokens",
         description="causal LM, nanoGPT's baby recipe (batch 12 x 64 tokens)",
+        eval_interval=250,  # RECIPE's
         # the Autonomic idea is the controller: hybrid attention with and without it
         variants=(("hybrid+autonomic", "hybrid", ("train.autonomic=true",)),),
     )
@@ -272,17 +274,6 @@ class SuiteSettings:
     log: Any = field(default=print, repr=False)
 
 
-def _autocast(dtype: str, device: torch.device):
-    if dtype == "bfloat16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def board_config(board: Board, settings: SuiteSettings, entry: Entry, seed: int, run_dir: Path):
     max_iters = settings.max_iters or board.max_iters
     pairs = [
@@ -292,7 +283,7 @@ def board_config(board: Board, settings: SuiteSettings, entry: Entry, seed: int,
         *board.recipe,
         f"train.max_iters={max_iters}",
         "train.max_time=null",
-        f"train.eval_interval={max(1, max_iters // 8) if board.suite != 'lm' else 250}",
+        f"train.eval_interval={board.eval_interval or max(1, max_iters // 8)}",
         f"train.seed={seed}",
         f"train.dtype={settings.dtype}",
         f"train.device={settings.device}",
@@ -340,11 +331,11 @@ def grid_decode_latency(model, task, side: int, repeats: int, device, autocast):
     """ms per output cell of the task's own decoder on one side x side grid (batch 1)."""
     model.eval()
     rng = np.random.default_rng(side)
-    values = len(task.data.cell_chars) if hasattr(task.data, "cell_chars") else 10
+    values = len(task.cell_ids)  # input cells take values 0 .. values - 1
     times = []
     for _ in range(repeats + 1):
         with autocast():
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             if task.name == "grid2grid":
                 grid = rng.integers(0, values, (side, side))
@@ -352,8 +343,8 @@ def grid_decode_latency(model, task, side: int, repeats: int, device, autocast):
             else:
                 zeros = np.zeros((side, side), dtype=np.int64)
                 gen = torch.Generator(device=device).manual_seed(0)
-                task._generate(model, [(zeros, zeros.astype(bool))], 0.0, gen, device)
-            _sync(device)
+                task.generate_grids(model, [(zeros, zeros.astype(bool))], 0.0, gen, device)
+            sync(device)
             times.append((time.perf_counter() - start) * 1e3 / (side * side))
     return {"context": side, "ms_per_token": statistics.median(times[1:]), "mode": "task decoder"}
 
@@ -510,7 +501,6 @@ def summarize(board: Board, rows: list[dict[str, Any]]) -> None:
             continue
         s = r["summary"]
         ratios = {
-            "tokens_per_s": s["tokens_per_s"]["mean"] / b["tokens_per_s"]["mean"],
             "memory": (
                 r["memory"]["peak_bytes"] / base["memory"]["peak_bytes"]
                 if r["memory"]["peak_bytes"] and base["memory"]["peak_bytes"]
@@ -672,7 +662,7 @@ def plot_board(board: Board, rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def kan_cost_rows(board: Board, settings: SuiteSettings, device: torch.device) -> tuple[dict, str] | None:
+def kan_cost_rows(board: Board, settings: SuiteSettings, device: torch.device) -> tuple[dict, str]:
     """seqlab.bench.kan at the width of the board's baseline preset: seqlab's KAN layer against
     the parameter-matched MLP and pykan's KANLayer (skipped when pykan is missing)."""
     from seqlab.bench import kan
@@ -739,14 +729,19 @@ def run_suite(suite: str, settings: SuiteSettings, out_dir: str | Path, command:
 
 def _finish_board(board: Board, entry: dict, report: dict, out_dir: Path, board_start: float, start: float):
     """Aggregate, tabulate, plot and write what the board has so far."""
-    summarize(board, entry["rows"])
     entry["wall_s"] = time.perf_counter() - board_start
-    entry["markdown"] = board_markdown(board, entry["rows"], report["settings"])
+    report["wall_s"] = time.perf_counter() - start
+    _tabulate(board, entry, report["settings"], out_dir)
+    _write(report, out_dir)
+
+
+def _tabulate(board: Board, entry: dict, settings: dict, out_dir: Path) -> None:
+    """Means and ratios, the markdown table and the PNG of a board entry, from its rows."""
+    summarize(board, entry["rows"])
+    entry["markdown"] = board_markdown(board, entry["rows"], settings)
     png = out_dir / f"{board.name}.png"
     plot_board(board, entry["rows"], png)
     entry["png"] = str(png)
-    report["wall_s"] = time.perf_counter() - start
-    _write(report, out_dir)
 
 
 def one_line(error: BaseException, limit: int = 200) -> str:
@@ -757,8 +752,6 @@ def one_line(error: BaseException, limit: int = 200) -> str:
 
 
 def _write(report: dict, out_dir: Path) -> None:
-    from seqlab.train.checkpoint import atomic_write_text
-
     atomic_write_text(out_dir / "results.json", json.dumps(report, indent=1, default=str) + "\n")
     atomic_write_text(out_dir / "results.md", markdown(report))
 
@@ -780,10 +773,7 @@ def render(out_dir: str | Path) -> str:
         )
     report = json.loads(path.read_text())
     for entry in report["boards"]:
-        board = board_from_dict(entry["board"])
-        summarize(board, entry["rows"])
-        entry["markdown"] = board_markdown(board, entry["rows"], report["settings"])
-        plot_board(board, entry["rows"], out_dir / f"{board.name}.png")
+        _tabulate(board_from_dict(entry["board"]), entry, report["settings"], out_dir)
     _write(report, out_dir)
     return markdown(report)
 

@@ -507,7 +507,7 @@ class GridTask(_GridTaskBase):
         was_training = model.training
         model.eval()
         try:
-            grids = self._generate(model, givens, temperature, gen, device)
+            grids = self.generate_grids(model, givens, temperature, gen, device)
         finally:
             model.train(was_training)
         how = (
@@ -520,7 +520,9 @@ class GridTask(_GridTaskBase):
         text = heading + "\n" + panels_text([grids], titles, self.data.cell_chars)
         return text + self._write_png(run_dir, "grid_samples.png", [grids], titles, heading)
 
-    def _generate(self, model, givens, temperature, gen, device) -> list[np.ndarray]:
+    def generate_grids(self, model, givens, temperature, gen, device) -> list[np.ndarray]:
+        """Grids of the given shapes: `givens` = [(values [gy, gx], known [gy, gx] bool)], the
+        known cells kept, the rest decoded (MaskGIT for a masked model, else raster order)."""
         tokens = codec.to_tensor(codec.pad_stack([codec.cells(v) for v, _ in givens])).to(device)
         known = (
             torch.from_numpy(codec.pad_stack([k.astype(np.int64) for _, k in givens], fill=0))

@@ -78,7 +78,7 @@ def test_lm_board_two_seeds_ratios_png_and_markdown(tmp_path):
         assert all(d["ms_per_token"] > 0 for d in r["decode"])
         # different seeds train differently: the spread is real, not a copy
         assert r["seeds"][0]["final"]["loss"] != r["seeds"][1]["final"]["loss"]
-    assert rows["gpt"]["vs_baseline"]["tokens_per_s"] == pytest.approx(1.0)
+    assert rows["gpt"]["vs_baseline"]["throughput"] == pytest.approx(1.0)
     assert rows["gpt"]["vs_baseline"]["loss_diff"] == pytest.approx(0.0)
     stack, gpt = rows["stack"]["summary"], rows["gpt"]["summary"]
     ratios = rows["stack"]["vs_baseline"]
