@@ -60,7 +60,6 @@ import inspect
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import (
@@ -79,6 +78,7 @@ from transformers.utils import ModelOutput as HFModelOutput
 from seqlab.config import from_dict, to_dict
 from seqlab.errors import ConfigError
 from seqlab.models import MODELS, model_entry
+from seqlab.models.output import lm_loss
 from seqlab.models.t5 import DECODER_START_ID, EOS_ID, PAD_ID, shift_right
 
 # transformers 5.24 renamed the cache argument and output field past_key_values to cache;
@@ -214,15 +214,12 @@ def tied_weight_keys(module: nn.Module, prefix: str = "") -> dict[str, str]:
 
 
 def token_loss(logits: torch.Tensor, targets: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
-    """Cross-entropy of logits [b, t, v] against aligned targets [b, t] (-100 ignored), fp32:
-    the mean, or the sum divided by num_items_in_batch when given."""
-    loss = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(),
-        targets.reshape(-1).to(logits.device),
-        ignore_index=-100,
-        reduction="mean" if num_items_in_batch is None else "sum",
-    )
-    return loss if num_items_in_batch is None else loss / num_items_in_batch
+    """seqlab's lm_loss of logits [b, t, v] against aligned targets [b, t] (-100 ignored): the
+    mean, or the sum divided by num_items_in_batch when given (Trainer's accumulated batch)."""
+    targets = targets.to(logits.device)
+    if num_items_in_batch is None:
+        return lm_loss(logits, targets)
+    return lm_loss(logits, targets, reduction="sum") / num_items_in_batch
 
 
 def with_aux(loss: torch.Tensor, aux: dict, targets: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
@@ -548,9 +545,8 @@ def hf_classes(name: str) -> tuple[type, type]:
             {"model_type": model_type(name), "registry_entry": name, "__module__": __name__},
         )
         base = WRAPPERS.get(task, SeqlabHFModel)
-        suffix = {CAUSAL_TASK: "ForCausalLM", SEQ2SEQ_TASK: "ForSeq2SeqLM"}.get(task, "Model")
         model_cls = type(
-            f"Seqlab{camel}{suffix}",
+            f"Seqlab{camel}{base.__name__.removeprefix('SeqlabHF')}",  # ...ForCausalLM, ...Model
             (base,),
             {"config_class": config_cls, "__module__": __name__, "__annotations__": {"config": config_cls}},
         )

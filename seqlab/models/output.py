@@ -69,8 +69,14 @@ def _empty_dict(value) -> bool:
     return isinstance(value, dict) and not value
 
 
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """Cross-entropy of logits [b, t, v] against already-shifted targets [b, t], in fp32."""
+def lm_loss(
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, reduction: str = "mean"
+) -> torch.Tensor:
+    """Cross-entropy of logits [b, t, v] against already-shifted targets [b, t], in fp32: the
+    mean over the counted targets, or their sum (reduction="sum")."""
     return F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=ignore_index
+        logits.reshape(-1, logits.size(-1)).float(),
+        targets.reshape(-1),
+        ignore_index=ignore_index,
+        reduction=reduction,
     )

@@ -48,6 +48,15 @@ def check_exportable(cfg: T5Config) -> None:
         raise ConfigError(f"only position='relative' exports to Hugging Face T5, got {cfg.position!r}")
 
 
+def exportable(cfg: T5Config) -> bool:
+    """Whether `cfg` is a Hugging Face T5 v1.1 (check_exportable passes)."""
+    try:
+        check_exportable(cfg)
+    except ConfigError:
+        return False
+    return True
+
+
 def key_map(cfg: T5Config) -> list[tuple[str, tuple[str, ...]]]:
     """(seqlab key, Hugging Face keys): the seqlab tensor is the HF tensors concatenated on dim 0."""
     pairs = [
@@ -202,6 +211,7 @@ __all__ = [
     "KAT5HFConfig",
     "KAT5HFForConditionalGeneration",
     "check_exportable",
+    "exportable",
     "from_hf",
     "from_hf_config",
     "from_hf_state_dict",

@@ -21,7 +21,6 @@ from seqlab.train.checkpoint import atomic_write_text
 from seqlab.train.runs import load_run, read_task_state
 
 TARGETS = ("hf",)
-AUTO_CLASS = {"lm": "AutoModelForCausalLM", "seq2seq": "AutoModelForSeq2SeqLM"}
 
 
 def _hf_modules():
@@ -43,18 +42,12 @@ def export_run(run_dir: str | Path, to: str, out_dir: str | Path, checkpoint: st
     hf, t5_hf = _hf_modules()
     model, _, cfg, meta = load_run(run_dir, checkpoint, "cpu")
     name = hf.registry_name(model)
-    native = name == "t5"
-    if native:
-        try:
-            t5_hf.check_exportable(model.config)
-        except ConfigError:
-            native = False  # not T5 v1.1 (another ffn, mixer or position): the generic wrapper
-    if native:
+    if name == "t5" and t5_hf.exportable(model.config):
         exported = t5_hf.to_hf(model).eval()
         loader = "transformers.AutoModelForSeq2SeqLM.from_pretrained"
-    else:
+    else:  # every other model, and a t5 that is not T5 v1.1 (another ffn, mixer or position)
         exported = hf.from_core(model)
-        auto = AUTO_CLASS.get(model_entry(name).task, "AutoModel")
+        auto = hf.AUTO_CLASSES.get(model_entry(name).task, hf.AutoModel).__name__
         loader = f"import seqlab.models.hf; transformers.{auto}.from_pretrained"
     out_dir.mkdir(parents=True, exist_ok=True)
     exported.save_pretrained(out_dir)
