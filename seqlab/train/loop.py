@@ -254,8 +254,8 @@ def _train(
         ckpt.atomic_write_text(run_dir / "config.json", json.dumps(resolved, indent=2))
         ckpt.atomic_write_text(run_dir / "task.json", json.dumps(task_file(task)))
         kept = step if state is not None else -1  # a new run keeps nothing of an earlier log
-        trackers = open_trackers(t.log_to, run_dir, resolved, kept)
-        log = on_exit.enter_context(MetricsLog(run_dir / "metrics.jsonl", kept, trackers))
+        log = on_exit.enter_context(MetricsLog(run_dir / "metrics.jsonl", kept))
+        log.trackers += open_trackers(t.log_to, run_dir, resolved, kept)  # closed with the log
 
     use_bf16 = t.dtype == "bfloat16"
 

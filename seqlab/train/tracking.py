@@ -77,8 +77,7 @@ class WandbTracker(Tracker):
     module = "wandb"
 
     def __init__(self, run_dir: Path, config: dict[str, Any], keep_until_step: int):
-        os.environ.setdefault("WANDB_ERROR_REPORTING", "false")  # wandb's crash reports go online
-        import wandb
+        import wandb  # check_installed has switched off its crash reports (they go online)
 
         id_file = run_dir / "wandb_run_id"
         if keep_until_step >= 0 and id_file.is_file():
@@ -151,8 +150,7 @@ def open_trackers(
 
     `config`: the resolved run config; `keep_until_step`: as for MetricsLog, the last step whose
     records a resumed run keeps (-1 for a new run). A tracker that fails to start closes the
-    ones started before it."""
-    check_installed(names)
+    ones started before it. The packages are checked by check_installed when training starts."""
     trackers = []
     with contextlib.ExitStack() as started:
         for name in names:
