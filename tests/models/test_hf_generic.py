@@ -45,8 +45,9 @@ def round_trip(core, tmp_path):
     assert config.model_type == f"seqlab_{name}" and isinstance(config, seqlab_hf.hf_classes(name)[0])
     loaded = AUTO.get(MODELS[name].task, AutoModel).from_pretrained(tmp_path).eval()
     assert type(loaded) is seqlab_hf.hf_classes(name)[1]
-    # Nothing re-initialized: every saved tensor is the core's, and the derived buffers
-    # (non-persistent: rotary tables, decay slopes, masks) are rebuilt equal.
+    # Nothing re-initialized: every saved tensor is the core's (a copy through safetensors, so
+    # bit-equal), and the derived buffers (non-persistent: rotary tables, decay slopes, masks) are
+    # rebuilt equal (the same construction code run twice on one machine).
     torch.testing.assert_close(loaded.model.state_dict(), core.state_dict(), rtol=0, atol=0)
     torch.testing.assert_close(dict(loaded.model.named_buffers()), dict(core.named_buffers()), rtol=0, atol=0)
     return loaded
@@ -225,15 +226,25 @@ def test_causal_beam_search_with_the_state_equals_beam_search_recomputing(name):
     the same beams as recomputing the prefix at every step."""
     hf = seqlab_hf.from_core(core_model(name)).eval()
     ids = torch.randint(0, V, (2, 5), generator=torch.Generator().manual_seed(1))
-    kw = dict(max_new_tokens=6, num_beams=3, do_sample=False, pad_token_id=0)
+    kw = dict(
+        max_new_tokens=6,
+        num_beams=3,
+        do_sample=False,
+        pad_token_id=0,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
     with torch.no_grad():
         cached = hf.generate(ids, use_cache=True, **kw)
         recomputed = hf.generate(ids, use_cache=False, **kw)
-    assert torch.equal(cached, recomputed)
+    # Two code paths, so fp32 round-off may break a near tie between beams differently: compare
+    # the winning beams' scores (equal up to round-off even then), not their tokens. A state
+    # reordered wrongly scores the continuations of other beams: far more than round-off.
+    torch.testing.assert_close(cached.sequences_scores, recomputed.sequences_scores, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["gpt", "leap"])
-def test_left_padded_batched_generate_equals_each_row_alone(name):
+def test_left_padded_batched_generate_equals_each_row_alone(name, assert_same_greedy):
     hf = seqlab_hf.from_core(core_model(name)).eval()
     gen = torch.Generator().manual_seed(2)
     rows = [torch.randint(1, V, (n,), generator=gen) for n in (6, 3)]
@@ -244,6 +255,7 @@ def test_left_padded_batched_generate_equals_each_row_alone(name):
     kw = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
     with torch.no_grad():
         batched = hf.generate(ids, attention_mask=mask, **kw)[:, 6:]
-        alone = [hf.generate(row[None], **kw)[0, len(row) :] for row in rows]
-    for got, want in zip(batched, alone):
-        assert torch.equal(got, want)
+        alone = [hf.generate(row[None], **kw) for row in rows]
+    # padded and unpadded rows are different computations: equal, or apart only at a near tie
+    for row, got, want in zip(rows, batched, alone):
+        assert_same_greedy(hf.model, torch.cat([row, got])[None], want)

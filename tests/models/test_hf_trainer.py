@@ -159,4 +159,5 @@ def test_trainer_checkpoints_a_tied_seqlab_lm(tmp_path):
     train_one_step(model, dataset(ragged=False)[:8], tmp_path, batch=8, accumulation=1, save_strategy="steps")
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "b8a1" / "checkpoint-1")
     assert loaded.model.head.weight is loaded.model.embed.weight
+    # the checkpoint is a copy of the trained weights: bit-equal
     torch.testing.assert_close(loaded.state_dict(), model.state_dict(), rtol=0, atol=0)
